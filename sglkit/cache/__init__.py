@@ -1,0 +1,1 @@
+"""Warm caches: DeepGEMM and Triton warm-up, completion markers, status, export/import."""

@@ -1,0 +1,5 @@
+"""invoke cache.*"""
+
+from invoke import Collection
+
+ns = Collection("cache")

@@ -1,0 +1,1 @@
+"""The devcontainer: Dockerfile rendering, offline base image, build, and lifecycle."""

@@ -1,0 +1,5 @@
+"""invoke container.*"""
+
+from invoke import Collection
+
+ns = Collection("container")

@@ -1,0 +1,1 @@
+"""GPU host checks behind `nox -s gpu_smoke`."""

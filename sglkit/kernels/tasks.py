@@ -1,0 +1,5 @@
+"""invoke kernels.*"""
+
+from invoke import Collection
+
+ns = Collection("kernels")

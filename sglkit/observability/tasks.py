@@ -1,0 +1,5 @@
+"""invoke obs.*"""
+
+from invoke import Collection
+
+ns = Collection("obs")

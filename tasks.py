@@ -1,0 +1,11 @@
+"""invoke's manifest: each concern's Collection under its public name. Code lives in sglkit/."""
+
+from invoke import Collection
+
+from sglkit.cache.tasks import ns as cache
+from sglkit.containers.tasks import ns as container
+from sglkit.kernels.tasks import ns as kernels
+from sglkit.observability.tasks import ns as obs
+from sglkit.profile.tasks import ns as profile
+
+ns = Collection(container, obs, cache, kernels, profile)
