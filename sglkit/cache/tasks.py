@@ -2,4 +2,6 @@
 
 from invoke import Collection
 
-ns = Collection("cache")
+from sglkit.cache.triton import triton
+
+ns = Collection("cache", triton)

@@ -2,4 +2,6 @@
 
 from invoke import Collection
 
-ns = Collection("obs")
+from sglkit.observability.report import compare, report
+
+ns = Collection("obs", report, compare)
