@@ -1,7 +1,117 @@
-"""invoke obs.*"""
+"""invoke obs.*: up (the telemetry stack in the foreground), status, catalog, report, compare."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from invoke import Collection
+from invoke.exceptions import Exit
 
+from sglkit import profile as profiles
+from sglkit.cli import task
+from sglkit.errors import ConfigError
 from sglkit.observability.report import compare, report
 
-ns = Collection("obs", report, compare)
+PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
+ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "root": ROOT_HELP,
+        "run_id": "run id (default: a new one); an existing id is refused",
+        "bind": "listen address (default: the profile's telemetry.bind, 127.0.0.1)",
+        "ports": "'auto' picks free ports on the bind address (default: the profile's ports)",
+        "server_metrics": "scrape the SGLang server: auto (GPU profiles), on, off",
+    }
+)
+def up(c, profile=None, root=None, run_id=None, bind=None, ports=None, server_metrics="auto"):
+    """Start Prometheus, node_exporter, GPU exporter, Jaeger for a new run; Ctrl-C stops it."""
+    from sglkit.observability.init_run import InitRun, Options
+
+    run = InitRun(
+        Options(
+            profile=profile,
+            root=root,
+            run_id=run_id,
+            bind=bind,
+            ports=ports,
+            server_metrics=server_metrics,
+        )
+    )
+    code = run.run()
+    if code:
+        raise Exit(code=code)
+
+
+def _root(profile, root) -> Path:
+    return Path(root) if root else Path(profiles.load(profile).telemetry["root"])
+
+
+@task(help={"profile": PROFILE_HELP, "root": ROOT_HELP, "json": "print one JSON object"})
+def status(c, profile=None, root=None, json_=False):
+    """The latest run's services and Prometheus targets; exits 1 when a target is down."""
+    import json as _json
+
+    from sglkit.observability import status as st
+
+    result = st.collect(_root(profile, root))
+    problems = st.problems(result)
+    if json_:
+        print(_json.dumps({**result, "problems": problems}, indent=2))
+    else:
+        st.render(result)
+    if problems:
+        raise Exit(f"not healthy: {problems[0]}", code=1)
+
+
+@task(
+    help={
+        "check": "a live /metrics URL: list catalog metrics it lacks and ones it has we don't know",
+        "source": "with --check: compare only this source (sglang, dcgm, nvitop, node, prometheus)",
+        "out": "where to write the generated page (default: docs/metrics.md)",
+        "verify": "exit 1 when docs/metrics.md differs from what the catalog generates",
+    }
+)
+def catalog(c, check=None, source=None, out=None, verify=False):
+    """Generate docs/metrics.md from observability/metrics_catalog.yaml, or --check a URL."""
+    from sglkit import paths
+    from sglkit.fsutil import atomic_write_text
+    from sglkit.observability import catalog as cat
+
+    data = cat.load()
+    if check:
+        sources = [s.strip() for s in source.split(",")] if source else None
+        r = cat.check_url(check, data, sources)
+        print(f"{r.url}: sources {', '.join(r.sources) or '(none recognised)'}")
+        if not r.sources:
+            raise Exit("no catalog metric found at that endpoint (wrong URL? use --source)", 1)
+        print(f"missing core metrics ({len(r.missing_core)}):")
+        for n in r.missing_core:
+            print(f"  {n}")
+        print(f"missing optional metrics ({len(r.missing_other)}; present only with a feature):")
+        for n in r.missing_other:
+            print(f"  {n}")
+        print(f"not in the catalog ({len(r.unknown)}):")
+        for n in r.unknown:
+            print(f"  {n}")
+        if not r.ok:
+            raise Exit(f"{len(r.missing_core)} core metric(s) missing", code=1)
+        return
+    text = cat.render_markdown(data) + "\n"
+    target = Path(out) if out else paths.home() / "docs" / "metrics.md"
+    if verify:
+        current = target.read_text(encoding="utf-8") if target.is_file() else ""
+        if current != text:
+            raise Exit(f"{target} is stale: run invoke obs.catalog", code=1)
+        print(f"ok: {target} matches the catalog")
+        return
+    if source:
+        raise ConfigError("--source: only meaningful with --check")
+    atomic_write_text(target, text)
+    print(f"wrote {target} ({len(data['metrics'])} metrics)", file=sys.stderr)
+
+
+ns = Collection("obs", up, status, catalog, report, compare)

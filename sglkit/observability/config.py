@@ -1,0 +1,113 @@
+"""Prometheus scrape config: rendered from observability/prometheus.yml.j2 and the profile.
+
+Rendering is sandboxed with StrictUndefined: a variable the template names but the context lacks
+is a ConfigError naming the template and the variable, never an empty string in the config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from sglkit import paths
+from sglkit.errors import ConfigError, SglkitError
+
+TEMPLATE = "prometheus.yml.j2"
+
+
+def template_path(template: str | os.PathLike | None = None) -> Path:
+    return Path(template) if template else paths.asset("observability", TEMPLATE)
+
+
+def environment(folder: Path) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(context: dict[str, Any], template: str | os.PathLike | None = None) -> str:
+    """Render the scrape config template with `context`; ConfigError on a missing variable."""
+    path = template_path(template)
+    if not path.is_file():
+        raise ConfigError(f"{path}: template not found")
+    env = environment(path.parent)
+    try:
+        return env.get_template(path.name).render(**context)
+    except jinja2.UndefinedError as e:
+        raise ConfigError(f"{path}: template variable undefined: {e.message}") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: {e.message}") from None
+    except jinja2.exceptions.SecurityError as e:
+        raise ConfigError(f"{path}: unsafe template: {e}") from None
+
+
+def scrape_host(host: str) -> str:
+    """The address to scrape a listener bound to `host` (0.0.0.0 / :: are reached on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def hostport(host: str, port: int) -> str:
+    h = scrape_host(host)
+    return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
+
+
+def context(
+    *,
+    profile,
+    run_id: str,
+    host: str,
+    bind: str,
+    ports: dict[str, int],
+    node_exporter: bool,
+    gpu_exporter_kind: str | None,
+    jaeger_metrics_port: int | None,
+    scrape_server: bool,
+) -> dict[str, Any]:
+    """The template's variables, from the profile and the services this run starts."""
+    server = profile.server
+    return {
+        "run_id": run_id,
+        "host": host,
+        "profile": profile.name,
+        "scrape_interval": profile.telemetry["scrape_interval"],
+        "prometheus_target": hostport(bind, ports["prometheus"]),
+        "node_exporter_target": hostport(bind, ports["node_exporter"]) if node_exporter else None,
+        "sglang_targets": [hostport(server["host"], server["port"])] if scrape_server else [],
+        "gpu_exporter_target": (
+            hostport(bind, ports["gpu_exporter"]) if gpu_exporter_kind else None
+        ),
+        "gpu_exporter_kind": gpu_exporter_kind or "",
+        "jaeger_metrics_target": (
+            hostport(bind, jaeger_metrics_port) if jaeger_metrics_port else None
+        ),
+    }
+
+
+def promtool_check(config_file: str | os.PathLike, timeout: float = 30.0) -> str:
+    """Run `promtool check config FILE`; SglkitError with promtool's words when it fails."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        raise SglkitError("promtool: not on PATH (apt-get install prometheus)")
+    r = subprocess.run(
+        [promtool, "check", "config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0:
+        last = [ln for ln in out.splitlines() if ln.strip()][-1:] or ["(no output)"]
+        raise SglkitError(f"{config_file}: promtool check config failed: {last[0]}")
+    return out

@@ -1,0 +1,542 @@
+"""init-run: provision a telemetry run, start its services, supervise them, record everything.
+
+    python -m sglkit.observability.init_run --profile P --root R [--run-id ID] [--bind ADDR]
+                                            [--ports auto]
+
+Creates <root>/runs/<run_id>/ (refusing an existing id), renders the Prometheus config into it,
+starts Prometheus, node_exporter, the GPU exporter and Jaeger where each exists, and runs in the
+foreground: a service that exits is restarted with backoff and the restart recorded; one that
+cannot start, or keeps crashing, is `failed` and the run `degraded`; the rest keep running.
+manifest.json goes starting -> ready once every started service answers its health endpoint.
+SIGTERM or SIGINT stops the children (TERM, then KILL after a grace period), finalizes the
+manifest as `stopped` and exits 0. Children also get SIGTERM if this process dies (PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+import sglkit
+from sglkit import manifest as mf
+from sglkit import profile as profiles
+from sglkit.cli import main_guard
+from sglkit.errors import ConfigError, SglkitError
+from sglkit.fsutil import atomic_write_text
+from sglkit.net import free_port, port_in_use
+from sglkit.observability import config as promconfig
+from sglkit.observability import services as svcs
+from sglkit.proc import group_members, spawn
+
+SERVER_METRICS = ("auto", "on", "off")
+
+
+@dataclass
+class Options:
+    profile: str | None = None
+    root: str | None = None
+    run_id: str | None = None
+    bind: str | None = None
+    ports: str | None = None  # "auto" or None (the profile's ports)
+    template: str | None = None
+    server_metrics: str = "auto"  # scrape the SGLang server: auto = GPU profiles only
+    max_restarts: int = 5  # consecutive failed starts before a service is given up
+    backoff: float = 0.5  # seconds before the first restart; doubles, capped at max_backoff
+    max_backoff: float = 30.0
+    stable_after: float = 60.0  # a service up this long has its failure count reset
+    grace: float = 5.0  # TERM -> KILL
+    ready_timeout: float | None = None  # default: the profile's telemetry.ready_timeout
+    quiet: bool = False
+
+
+@dataclass
+class Service:
+    spec: svcs.ServiceSpec
+    log: Path
+    status: str = "starting"
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+    healthy: bool = False
+    restarts: int = 0
+    failures: int = 0  # consecutive
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+    next_start: float = 0.0
+    started_mono: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def entry(self) -> dict[str, Any]:
+        s = self.spec
+        present = s.argv is not None
+        e: dict[str, Any] = {
+            "status": self.status,
+            "pid": self.pid,
+            "url": s.url if present else None,
+            "port": s.port if present else None,
+            "health_url": s.health_url if present else None,
+            "log": str(self.log) if present else None,
+            "restarts": self.restarts,
+            "restart_history": list(self.history),
+            "reason": self.reason,
+            "kind": s.kind,
+        }
+        if s.name == "jaeger":
+            e["ui_url"] = s.extra["ui_url"] if present else None
+            e["otlp_endpoint"] = s.extra["otlp_endpoint"] if present else None
+        if s.argv is not None:
+            e["argv"] = list(s.argv)
+        return e
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    ap = argparse.ArgumentParser(
+        prog="python -m sglkit.observability.init_run",
+        description="Start a per-run telemetry stack and supervise it until SIGTERM/SIGINT.",
+    )
+    ap.add_argument("--profile", help="profile name or YAML path (default: $SGLKIT_PROFILE)")
+    ap.add_argument("--root", help="telemetry root (default: the profile's telemetry.root)")
+    ap.add_argument("--run-id", help="run id (default: a new one); an existing id is refused")
+    ap.add_argument("--bind", help="listen address (default: the profile's telemetry.bind)")
+    ap.add_argument("--ports", help="'auto': free ports on the bind address (default: profile)")
+    ap.add_argument("--template", help="Prometheus config template (default: observability/)")
+    ap.add_argument(
+        "--server-metrics",
+        default="auto",
+        help="scrape the SGLang server's /metrics: auto (GPU profiles), on, off",
+    )
+    ap.add_argument("--max-restarts", type=int, default=5, help="restart limit (default 5)")
+    ap.add_argument("--backoff", type=float, default=0.5, help="first restart delay, seconds")
+    ap.add_argument("--grace", type=float, default=5.0, help="TERM -> KILL grace, seconds")
+    ap.add_argument("--ready-timeout", type=float, help="seconds (default: the profile's)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    a = ap.parse_args(argv)
+    return Options(
+        profile=a.profile,
+        root=a.root,
+        run_id=a.run_id,
+        bind=a.bind,
+        ports=a.ports,
+        template=a.template,
+        server_metrics=a.server_metrics,
+        max_restarts=a.max_restarts,
+        backoff=a.backoff,
+        grace=a.grace,
+        ready_timeout=a.ready_timeout,
+        quiet=a.quiet,
+    )
+
+
+def check_options(o: Options) -> None:
+    if o.ports not in (None, "auto", "profile"):
+        raise ConfigError(f"--ports: expected 'auto' or 'profile', got {o.ports!r}")
+    if o.server_metrics not in SERVER_METRICS:
+        raise ConfigError(f"--server-metrics: expected one of {SERVER_METRICS}")
+    if o.max_restarts < 0:
+        raise ConfigError("--max-restarts: must be 0 or more")
+    if o.backoff <= 0 or o.grace <= 0:
+        raise ConfigError("--backoff/--grace: must be positive")
+    if o.ready_timeout is not None and o.ready_timeout <= 0:
+        raise ConfigError("--ready-timeout: must be positive")
+
+
+def choose_ports(profile, bind: str, mode: str | None) -> dict[str, int]:
+    if mode == "auto":
+        host = bind if bind not in ("", "::") else "127.0.0.1"
+        chosen: dict[str, int] = {}
+        while len(chosen) < len(svcs.PORT_NAMES):
+            p = free_port(host)
+            if p not in chosen.values():
+                chosen[svcs.PORT_NAMES[len(chosen)]] = p
+        return chosen
+    ports = dict(profile.telemetry["ports"])
+    ports.setdefault("jaeger_admin", svcs.DEFAULT_JAEGER_ADMIN)
+    return ports
+
+
+class Stop(Exception):
+    pass
+
+
+class InitRun:
+    """One run: its folder, its services, its manifest; `run()` supervises until a signal."""
+
+    def __init__(self, o: Options):
+        check_options(o)
+        self.o = o
+        self.profile = profiles.load(o.profile)
+        tel = self.profile.telemetry
+        self.bind = o.bind or tel["bind"]
+        self.root = Path(o.root or tel["root"]).expanduser().absolute()
+        self.run_id = mf.check_run_id(o.run_id) if o.run_id else mf.new_run_id()
+        self.run_dir = mf.run_dir(self.root, self.run_id)
+        if self.run_dir.exists():
+            raise ConfigError(
+                f"--run-id: run {self.run_id} already exists at {self.run_dir} (never reused)"
+            )
+        self.ready_timeout = o.ready_timeout or float(tel["ready_timeout"])
+        self.host = mf.hostname()
+        self.ports = choose_ports(self.profile, self.bind, o.ports)
+        self.logs = self.run_dir / "logs"
+        self.prom_dir = self.run_dir / "prometheus"
+        self.prom_config = self.prom_dir / "prometheus.yml"
+        self.prom_data = self.prom_dir / "data"
+        self.specs = svcs.plan(
+            bind=self.bind,
+            ports=self.ports,
+            prometheus_config=self.prom_config,
+            prometheus_data=self.prom_data,
+            jaeger_wanted=bool(tel["tracing"]),
+        )
+        sm = o.server_metrics
+        self.scrape_server = (
+            self.profile.server["enable_metrics"]
+            and sm != "off"
+            and (sm == "on" or self.profile.container["variant"] != "cpu")
+        )
+        jaeger = self.specs["jaeger"]
+        gpu = self.specs["gpu_exporter"]
+        self.config_text = promconfig.render(
+            promconfig.context(
+                profile=self.profile,
+                run_id=self.run_id,
+                host=self.host,
+                bind=self.bind,
+                ports=self.ports,
+                node_exporter=self.specs["node_exporter"].argv is not None,
+                gpu_exporter_kind=gpu.kind if gpu.argv else None,
+                jaeger_metrics_port=jaeger.extra["metrics_port"] if jaeger.argv else None,
+                scrape_server=self.scrape_server,
+            ),
+            o.template,
+        )
+        self.services = {
+            name: Service(spec, self.logs / f"{name}.log") for name, spec in self.specs.items()
+        }
+        self.status = "starting"
+        self.reasons: list[str] = []
+        self.started_at = mf.utcnow()
+        self.t0 = time.monotonic()
+        self.ready_at: str | None = None
+        self.ended_at: str | None = None
+        self.stopping = False
+        self.versions: dict[str, str | None] = {}
+        self._wake_r = self._wake_w = -1
+
+    # ---- output -----------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        if not self.o.quiet:
+            t = time.monotonic() - self.t0
+            print(f"[init-run {self.run_id} +{t:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    # ---- manifest ---------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "schema": mf.SCHEMA,
+            "run_id": self.run_id,
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "profile": {
+                "name": self.profile.name,
+                "path": str(self.profile.path),
+                "hash": self.profile.hash(),
+            },
+            "host": self.host,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "ended_at": self.ended_at,
+            "bind": self.bind,
+            "scrape_interval": self.profile.telemetry["scrape_interval"],
+            "scrapes_server": self.scrape_server,
+            "paths": {
+                "root": str(self.root),
+                "run_dir": str(self.run_dir),
+                "logs": str(self.logs),
+                "prometheus_data": str(self.prom_data),
+                "prometheus_config": str(self.prom_config),
+            },
+            "services": {name: s.entry() for name, s in self.services.items()},
+            "versions": dict(self.versions),
+        }
+
+    def save(self) -> None:
+        m = self.manifest()
+        mf.write(self.run_dir, m)
+        if mf.latest_is(self.root, self.run_dir):
+            mf.write_meta_env(self.root, m)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def provision(self) -> None:
+        mf.create_run_dir(self.root, self.run_id)
+        try:
+            for d in (self.logs, self.prom_dir, self.prom_data):
+                d.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.prom_config, self.config_text)
+        except OSError as e:
+            raise SglkitError(f"--root: cannot write into {self.run_dir}: {e.strerror}") from None
+        self.versions = self._versions()
+        for s in self.services.values():
+            if s.spec.argv is None:
+                s.status = "absent" if s.spec.optional else "failed"
+                s.reason = s.spec.unavailable
+                if not s.spec.optional:
+                    self.degrade(f"{s.name}: {s.reason}")
+        self.save()
+        mf.point_latest(self.root, self.run_dir)
+        mf.write_meta_env(self.root, self.manifest())
+        self.say(f"run folder {self.run_dir}")
+
+    def _versions(self) -> dict[str, str | None]:
+        v: dict[str, str | None] = {
+            "sglkit": sglkit.__version__,
+            "python": platform.python_version(),
+        }
+        for name in ("prometheus", "node_exporter", "gpu_exporter", "jaeger"):
+            spec = self.specs[name]
+            if spec.argv and name != "gpu_exporter":
+                v[name] = svcs.binary_version(spec.argv[0])
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            v["sglang"] = version("sglang")
+        return v
+
+    def degrade(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        # "starting" stays until every started service is up; the reason is kept for then
+        if self.status == "ready":
+            self.status = "degraded"
+        self.say(f"degraded: {reason}")
+
+    def start(self, s: Service, first: bool) -> None:
+        spec = s.spec
+        for port, label in spec.listens:
+            host = spec.bind if spec.bind not in ("", "::") else "127.0.0.1"
+            if port and port_in_use(port, host):
+                why = f"port {port} ({label}) already in use on {host}"
+                if first:
+                    self.give_up(s, why)
+                else:
+                    self.failed_start(s, why)
+                return
+        try:
+            with open(s.log, "ab") as log:
+                s.proc = spawn(
+                    spec.argv, stdout=log, stderr=subprocess.STDOUT, die_with_parent=True
+                )
+        except OSError as e:
+            self.failed_start(s, f"cannot execute {spec.argv[0]}: {e.strerror}")
+            return
+        s.pid = s.proc.pid
+        s.healthy = False
+        s.started_mono = time.monotonic()
+        s.status = "starting" if first else "restarting"
+        self.say(f"{s.name}: started pid {s.pid} ({spec.argv[0]})")
+
+    def give_up(self, s: Service, why: str) -> None:
+        s.status = "failed"
+        s.reason = why
+        s.proc = None
+        s.pid = None
+        self.degrade(f"{s.name}: {why}")
+
+    def failed_start(self, s: Service, why: str, exit_code: int | None = None) -> None:
+        """A start that did not take, or a running service that exited: back off or give up."""
+        now = time.monotonic()
+        if s.started_mono and now - s.started_mono >= self.o.stable_after:
+            s.failures = 0
+        s.failures += 1
+        s.history.append({"at": mf.utcnow(), "exit_code": exit_code, "reason": why})
+        s.proc = None
+        s.pid = None
+        s.healthy = False
+        if s.failures > self.o.max_restarts:
+            self.give_up(
+                s,
+                f"{why}; restart limit reached ({self.o.max_restarts} restarts); see {s.log}",
+            )
+            return
+        delay = min(self.o.backoff * 2 ** (s.failures - 1), self.o.max_backoff)
+        s.next_start = now + delay
+        s.status = "restarting"
+        s.reason = why
+        self.say(f"{s.name}: {why}; restart in {delay:.1f}s")
+
+    def check_health(self, s: Service) -> bool:
+        try:
+            r = requests.get(s.spec.health_url, timeout=1.0)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
+
+    def step(self) -> bool:
+        """One supervision pass; True when the manifest changed."""
+        changed = False
+        now = time.monotonic()
+        for s in self.services.values():
+            if s.status in ("failed", "absent", "stopped"):
+                continue
+            if s.proc is not None:
+                code = s.proc.poll()
+                if code is not None:
+                    if group_members(s.proc.pid):  # leader gone, helpers left: clean them
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(s.proc.pid, signal.SIGKILL)
+                    self.failed_start(s, f"exited with code {code}", exit_code=code)
+                    changed = True
+                elif not s.healthy and self.check_health(s):
+                    s.healthy = True
+                    s.status = "running"
+                    self.say(f"{s.name}: healthy at {s.spec.health_url}")
+                    changed = True
+            elif s.status == "restarting" and now >= s.next_start:
+                self.start(s, first=False)
+                if s.proc is not None:
+                    s.restarts += 1
+                changed = True
+        if self.status == "starting":
+            live = [s for s in self.services.values() if s.status not in ("failed", "absent")]
+            if live and all(s.healthy for s in live):
+                self.ready_at = mf.utcnow()
+                self.status = "degraded" if self.reasons else "ready"
+                self.say(f"{self.status} in {time.monotonic() - self.t0:.2f}s")
+                changed = True
+            elif not live:
+                self.ready_at = None
+                self.status = "degraded"
+                changed = True
+            elif time.monotonic() - self.t0 > self.ready_timeout:
+                late = [s.name for s in live if not s.healthy]
+                self.reasons.append(
+                    f"not healthy within {self.ready_timeout:g}s: {', '.join(late)}"
+                )
+                self.status = "degraded"
+                self.say(f"degraded: {self.reasons[-1]}")
+                changed = True
+        elif self.status == "ready" and self.reasons:
+            self.status = "degraded"
+            changed = True
+        return changed
+
+    # ---- signals ----------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop when a child exits
+
+    def wait(self, timeout: float) -> None:
+        if self.stopping:
+            return
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    # ---- stop -------------------------------------------------------------------------------
+    def stop_children(self) -> None:
+        procs = [s.proc for s in self.services.values() if s.proc is not None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.o.grace
+        while time.monotonic() < deadline:
+            for p in procs:
+                p.poll()
+            if not any(group_members(p.pid) for p in procs):
+                break
+            time.sleep(0.02)
+        else:
+            for p in procs:
+                if group_members(p.pid):
+                    self.say(f"pid {p.pid} ignored SIGTERM for {self.o.grace:g}s: SIGKILL")
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=self.o.grace)
+        for s in self.services.values():
+            if s.status in ("starting", "running", "restarting"):
+                s.status = "stopped"
+            s.proc = None
+
+    def run(self, early: dict[str, bool] | None = None) -> int:
+        self.install_signals()
+        if early and early.get("stop"):
+            self.stopping = True
+        self.provision()
+        final = "stopped"
+        try:
+            for s in self.services.values():
+                if self.stopping:
+                    break
+                if s.spec.argv is not None:
+                    self.start(s, first=True)
+            self.save()
+            while not self.stopping:
+                if self.step():
+                    self.save()
+                self.wait(0.1 if self.status == "starting" or self._pending() else 1.0)
+        except BaseException:
+            final = "failed"
+            self.reasons.append(f"init-run crashed: {sys.exc_info()[1]!r}")
+            raise
+        finally:
+            self.say("stopping")
+            self.stop_children()
+            self.status = final
+            self.ended_at = mf.utcnow()
+            self.save()
+            self.say(f"{final}; manifest {self.run_dir / mf.MANIFEST}")
+        return 0
+
+    def _pending(self) -> bool:
+        return any(
+            s.status == "restarting" or (s.proc is not None and not s.healthy)
+            for s in self.services.values()
+        )
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    o = parse_args(argv)
+    # a signal during set-up (before the supervisor installs its own handlers) stops quietly
+    early = {"stop": False}
+
+    def early_stop(signum, frame):
+        early["stop"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, early_stop)
+    run = InitRun(o)
+    if early["stop"]:
+        print("init-run: stopped before start-up (signal)", file=sys.stderr)
+        return 0
+    return run.run(early)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
