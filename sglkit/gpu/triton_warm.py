@@ -1,0 +1,428 @@
+"""Warm TRITON_CACHE_DIR with SGLang's fused-MoE Triton kernel for a profile's tuned configs.
+
+What SGLang will compile at serving time is decided by three things, all mirrored here:
+
+1. Which config file it reads: `<SGLANG_MOE_CONFIG_DIR>/configs/triton_<version>/<name>`, else
+   the same name under the newest other `triton_*` folder (SGLang 0.5.23's get_moe_configs).
+2. Which entry of it a batch of M tokens uses: the key nearest to M, first key on a tie.
+3. Which Triton specialization that call compiles: the kernel's integer arguments EM (length of
+   the aligned token list) and num_valid_tokens (M * topk) are specialized on "divisible by 16"
+   and "equal to 1", so one config compiles up to four binaries depending on M.
+
+`plan()` walks every M from 1 to the profile's largest batch, keeps one M per distinct (config,
+specialization), and `warm()` runs the real kernel (both GEMMs of the MoE layer) once for each,
+so the server's first requests find every binary in the cache. Pure parts (lookup, plan) run
+without a GPU; `warm()` needs torch, Triton and the SGLang wheel.
+
+`python -m sglkit.gpu.triton_warm --profile P [--config-file F] [--json OUT]` runs it in a fresh
+process (what `invoke cache.triton` and benchmarks/triton_warm.py use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sglkit.errors import ConfigError, SglkitError
+
+KERNEL_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
+               "num_stages")  # fmt: skip
+DEFAULT_MAX_TOKENS = 8192
+GDC_EARLY_ROWS = 512  # fused_moe_triton_kernels.invoke_fused_moe_kernel, SGLang 0.5.23
+
+
+# ----------------------------------------------------------------------------- config lookup
+
+
+def version_dir(triton_version: str) -> str:
+    return "triton_" + triton_version.split("+")[0].replace(".", "_")
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in name.removeprefix("triton_").split("_"))
+    except ValueError:
+        return ()
+
+
+def find_config_file(store: Path, file_name: str, triton_version: str) -> Path | None:
+    """The file SGLang reads for `file_name`: this Triton's folder first, else the newest other."""
+    exact = store / "configs" / version_dir(triton_version) / file_name
+    if exact.is_file():
+        return exact
+    root = store / "configs"
+    if not root.is_dir():
+        return None
+    others = sorted(
+        (d for d in root.iterdir() if d.name.startswith("triton_") and _version_key(d.name)),
+        key=lambda d: _version_key(d.name),
+        reverse=True,
+    )
+    for d in others:
+        if (d / file_name).is_file():
+            return d / file_name
+    return None
+
+
+def load_configs(path: Path) -> dict[int, dict[str, int]]:
+    """{M: config} from a tuned config file; a ConfigError names the file and the bad entry."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read tuned config file: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected an object of batch size -> config")
+    out: dict[int, dict[str, int]] = {}
+    for key, cfg in raw.items():
+        try:
+            m = int(key)
+        except ValueError:
+            raise ConfigError(f"{path}: key {key!r}: expected a batch size (integer)") from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{path}: {key}: expected a config object")
+        missing = [k for k in KERNEL_KEYS[:4] if k not in cfg]
+        if missing:
+            raise ConfigError(f"{path}: {key}.{missing[0]}: missing")
+        for k in KERNEL_KEYS:
+            if k in cfg and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int)):
+                raise ConfigError(f"{path}: {key}.{k}: expected an integer, got {cfg[k]!r}")
+        out[m] = cfg
+    return out
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def max_padded_tokens(numel: int, block_size: int, num_experts: int) -> int:
+    """Length of sorted_token_ids as SGLang's moe_align_block_size allocates it (EM)."""
+    n = (
+        numel * block_size
+        if numel < num_experts + 1
+        else numel + (num_experts + 1) * (block_size - 1)
+    )
+    return (n + 3) // 4 * 4
+
+
+def _spec(v: int) -> str:
+    """Triton's integer specialization: '1', 'D' (divisible by 16) or '' (neither)."""
+    return "1" if v == 1 else ("D" if v % 16 == 0 else "")
+
+
+def specialization(M: int, topk: int, block_m: int, num_experts: int) -> tuple:
+    """What of a call with M tokens picks a distinct binary besides the config.
+
+    EM and num_valid_tokens specializations, and SGLang's PDL switch GDC_EARLY (a constexpr,
+    `A.shape[0] <= 512`: M rows for the gate/up GEMM, M * topk rows for the down GEMM).
+    """
+    numel = M * topk
+    em = _spec(max_padded_tokens(numel, block_m, num_experts))
+    return em, _spec(numel), M <= GDC_EARLY_ROWS, numel <= GDC_EARLY_ROWS
+
+
+def _flag(v) -> str:
+    return ("e" if v is True else "-") if isinstance(v, bool) else (v or "-")
+
+
+def nearest_key(keys: list[int], M: int) -> int:
+    """SGLang's choice: min(keys, key=|k - M|), the first of equals in file order."""
+    return min(keys, key=lambda k: abs(k - M))
+
+
+@dataclass(frozen=True)
+class Item:
+    M: int
+    key: int
+    config: dict
+    spec: tuple
+
+    def label(self) -> str:
+        c = self.config
+        spec = "".join(_flag(v) for v in self.spec)
+        return (
+            f"M={self.M} (key {self.key}) BM{c['BLOCK_SIZE_M']} BN{c['BLOCK_SIZE_N']} "
+            f"BK{c['BLOCK_SIZE_K']} G{c['GROUP_SIZE_M']} w{c.get('num_warps', 4)} "
+            f"s{c.get('num_stages', 2)} spec {spec}"
+        )
+
+
+def kernel_config(config: Mapping[str, Any]) -> dict[str, int]:
+    return {k: int(config[k]) for k in KERNEL_KEYS if k in config}
+
+
+def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: int) -> list[Item]:
+    """One M per distinct (kernel config, specialization) over batches 1..max_tokens.
+
+    The config keys themselves come first where they are in range (those are the batch sizes
+    the file was tuned for, often the CUDA-graph sizes the server captures).
+    """
+    keys = list(configs)
+    seen: set[tuple] = set()
+    items: list[Item] = []
+    candidates = [k for k in keys if 1 <= k <= max_tokens] + list(range(1, max_tokens + 1))
+    for M in candidates:
+        key = nearest_key(keys, M)
+        cfg = kernel_config(configs[key])
+        spec = specialization(M, topk, cfg["BLOCK_SIZE_M"], num_experts)
+        sig = (tuple(sorted(cfg.items())), spec)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        items.append(Item(M=M, key=key, config=cfg, spec=spec))
+    return items
+
+
+# ----------------------------------------------------------------------------- the profile
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to warm: the MoE problem of a profile and the tuned file SGLang would read."""
+
+    dims: Any  # sglkit.kernels.moe_kernel.MoEDims
+    file_name: str
+    config_file: Path | None
+    max_tokens: int
+
+
+def profile_target(prof, config_file: str | None = None, max_tokens: int | None = None,
+                   device: str | None = None) -> Target:  # fmt: skip
+    """The profile's MoE shape, its config file name on this GPU, and where SGLang finds it."""
+    from sglkit import paths
+    from sglkit.kernels import names, shapes
+
+    shape = shapes.moe_shape(prof)
+    dims = _dims(shape)
+    file_name = names.config_file_name(
+        dims.E, dims.N, names.device_name(device), dims.dtype, dims.block_shape
+    )
+    if config_file:
+        path: Path | None = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config-file: {config_file}: no such file")
+    else:
+        import triton
+
+        store = Path(prof.environment().get("SGLANG_MOE_CONFIG_DIR") or paths.asset("kernels"))
+        path = find_config_file(store, file_name, triton.__version__)
+    limit = max_tokens or prof.server.get("chunked_prefill_size") or DEFAULT_MAX_TOKENS
+    return Target(dims=dims, file_name=file_name, config_file=path, max_tokens=int(limit))
+
+
+def _dims(shape):
+    from sglkit.kernels.moe_kernel import dims_from
+
+    return dims_from(shape)
+
+
+def preflight() -> None:
+    """torch with a GPU, Triton and SGLang's kernel module, or a one-line SglkitError."""
+    for module in ("torch", "triton", "sglang.kernels.ops.moe.fused_moe_triton_kernels"):
+        try:
+            __import__(module)
+        except Exception as e:
+            raise SglkitError(
+                f"cache.triton runs on a GPU host: {module} does not import ({type(e).__name__})"
+            ) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SglkitError(f"cache.triton runs on a GPU host: torch {torch.__version__} sees none")
+
+
+# ----------------------------------------------------------------------------- warming
+
+
+@dataclass
+class Timing:
+    M: int
+    key: int
+    label: str
+    first_call_s: float
+
+
+def warm(dims, items: Iterable[Item], progress: Callable[[Item, float], None] | None = None,
+         seed: int = 0) -> list[Timing]:  # fmt: skip
+    """Run both GEMMs of SGLang's MoE layer once per item; the first call compiles or loads.
+
+    Each item's time is its first forward (compile or cache load, plus the run), synchronized.
+    """
+    import torch
+
+    from sglkit.kernels import moe_kernel as mk
+
+    weights = mk.random_weights(dims, seed=seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    out: list[Timing] = []
+    for item in items:
+        runner = mk.MoERunner(dims, weights, item.M, item.config["BLOCK_SIZE_M"])
+        _use_server_length(runner, item, dims)
+        topk_w, topk_ids = mk.random_routing(item.M, dims, gen=gen)
+        hidden = torch.randn(item.M, dims.K, device="cuda", generator=gen, dtype=torch.bfloat16)
+        runner.load(hidden, topk_w, topk_ids)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        runner.forward(item.config)
+        torch.cuda.synchronize()
+        secs = time.perf_counter() - start
+        if not bool(torch.isfinite(runner.out).all()):
+            raise SglkitError(f"fused-MoE kernel gave non-finite output for {item.label()}")
+        out.append(Timing(item.M, item.key, item.label(), secs))
+        if progress:
+            progress(item, secs)
+        del runner
+    return out
+
+
+def _use_server_length(runner, item: Item, dims) -> None:
+    """Give the runner the aligned-token list length SGLang allocates (the tuner rounds it to 16,
+    which would compile only the 'divisible by 16' variant)."""
+    import torch
+
+    length = max_padded_tokens(item.M * dims.topk, item.config["BLOCK_SIZE_M"], dims.E)
+    if runner.length == length:
+        return
+    runner.length = length
+    runner.sorted_ids = torch.zeros(length, device="cuda", dtype=torch.int32)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def run(profile: str | None, config_file: str | None, max_tokens: int | None,
+        json_out: str | None, device: str | None = None, quiet: bool = False,
+        lock_timeout: float = 0.0) -> dict:  # fmt: skip
+    """Set TRITON_CACHE_DIR from the profile, plan, warm with progress, write the marker.
+
+    $SGLKIT_TRITON_CACHE_DIR overrides the folder (benchmarks/triton_warm.py uses fresh ones).
+    """
+    from sglkit import profile as profiles
+    from sglkit.cache import store
+
+    prof = profiles.load(profile)
+    override = os.environ.get("SGLKIT_TRITON_CACHE_DIR")
+    cache_dir = Path(override or prof.environment()["TRITON_CACHE_DIR"])
+    field = "SGLKIT_TRITON_CACHE_DIR" if override else "cache.root"
+    store.ensure_writable(cache_dir, field)
+    os.environ["TRITON_CACHE_DIR"] = str(cache_dir)  # before triton is first imported below
+    start = time.perf_counter()
+    preflight()
+    target = profile_target(prof, config_file, max_tokens, device)
+    if target.config_file is None:
+        raise ConfigError(
+            f"no tuned config {target.file_name} in the kernels store for this Triton; "
+            "run kernels.tune or pass --config-file"
+        )
+    configs = load_configs(target.config_file)
+    items = plan(configs, target.dims.topk, target.dims.E, target.max_tokens)
+    setup_s = time.perf_counter() - start
+    with store.locked(cache_dir, wait=lock_timeout, what="cache.triton"):
+        store.remove_marker(cache_dir)
+        timings = _warm_with_progress(target, items, quiet)
+        summary = {
+            "profile": prof.name,
+            "config_file": str(target.config_file),
+            "config_sha256": hashlib.sha256(target.config_file.read_bytes()).hexdigest(),
+            "file_name": target.file_name,
+            "triton_cache_dir": str(cache_dir),
+            "versions": _versions(),
+            "dims": asdict(target.dims),
+            "max_tokens": target.max_tokens,
+            "setup_s": setup_s,
+            "total_first_call_s": sum(t.first_call_s for t in timings),
+            "items": [asdict(t) for t in timings],
+        }
+        store.write_marker(cache_dir, {
+            "kind": "triton",
+            "warmed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "profile_hash": prof.hash(),
+            **{k: summary[k] for k in ("config_file", "config_sha256", "file_name", "versions",
+                                      "dims", "max_tokens")},
+            "variants": len(timings),
+        })  # fmt: skip
+    if json_out:
+        from sglkit.fsutil import atomic_write_json
+
+        atomic_write_json(json_out, summary)
+    return summary
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in ("sglang", "triton", "torch"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    import torch
+
+    out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def _warm_with_progress(target: Target, items: list[Item], quiet: bool) -> list[Timing]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not quiet:
+        console.print(f"warming {len(items)} kernel variants from {target.config_file}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=quiet) as bar:  # fmt: skip
+        task = bar.add_task("fused-MoE kernels", total=len(items))
+
+        def step(item: Item, secs: float) -> None:
+            bar.advance(task)
+            if not quiet:
+                bar.console.print(f"  {item.label()}  {secs * 1e3:8.1f} ms")
+
+        return warm(target.dims, items, progress=step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sglkit.gpu.triton_warm", description=__doc__)
+    p.add_argument("--profile", default=None)
+    p.add_argument("--config-file", default=None, help="warm this tuned file instead")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="largest batch to plan for (default: the profile's chunked_prefill_size)",
+    )
+    p.add_argument("--device-name", default=None, help="GPU name for the config file name")
+    p.add_argument("--json", dest="json_out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--lock-timeout", type=float, default=0.0)
+    a = p.parse_args(argv)
+    if a.max_tokens is not None and a.max_tokens < 1:
+        raise ConfigError("--max-tokens: expected a positive integer")
+    s = run(
+        a.profile, a.config_file, a.max_tokens, a.json_out, a.device_name, a.quiet, a.lock_timeout
+    )
+    print(json.dumps({k: s[k] for k in ("total_first_call_s", "setup_s")} | {"n": len(s["items"])}))
+    return 0
+
+
+def _guarded() -> int:
+    """main() with a SglkitError as one line and its exit status (no invoke needed here)."""
+    try:
+        return main()
+    except SglkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(_guarded())
