@@ -1,0 +1,138 @@
+"""The offline base image: Debian bookworm from the Debian archive (debootstrap + docker import).
+
+Where no registry is reachable (this CI, air-gapped sites) `debian:bookworm` cannot be pulled; we
+build the same thing from the archive: `debootstrap --variant=minbase bookworm <dir> <mirror>`,
+tar the tree, and import it with the docker SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sglkit.containers import engine
+from sglkit.errors import SglkitError
+
+BASE_IMAGE = "sglkit/base:bookworm"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+
+# what the imported image gets that `docker import` alone would not give it
+CHANGES = [
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+]
+
+_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def debootstrap_argv(target: str | os.PathLike, suite: str = SUITE, mirror: str = MIRROR) -> list:
+    return ["debootstrap", "--variant=minbase", suite, str(target), mirror]
+
+
+def tar_argv(root: str | os.PathLike, out: str | os.PathLike) -> list[str]:
+    return ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(out), "."]
+
+
+def host_arch() -> str:
+    return _DPKG_ARCH.get(platform.machine(), platform.machine())
+
+
+def ensure(
+    c=None, tag: str = BASE_IMAGE, mirror: str = MIRROR, rebuild: bool = False, console=None
+) -> str:
+    """Build the base image unless `tag` exists; return the image id."""
+    c = c or engine.client()
+    if not rebuild and engine.image_exists(c, tag):
+        return c.images.get(tag).id
+    return build(c, tag=tag, mirror=mirror, console=console)
+
+
+def build(c, tag: str = BASE_IMAGE, mirror: str = MIRROR, console=None) -> str:
+    """debootstrap into a temporary folder, tar it, import it as `tag`; return the image id."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    if shutil.which("debootstrap") is None:
+        raise SglkitError(
+            "container.base --offline: debootstrap is not installed "
+            "(apt-get install debootstrap), or load a base image and pass --tag"
+        )
+    if os.geteuid() != 0:
+        raise SglkitError("container.base --offline: debootstrap needs root (run it with sudo)")
+    repo, _, version = tag.rpartition(":")
+    if not repo or "/" in version:
+        repo, version = tag, "latest"
+    workdir = Path(tempfile.mkdtemp(prefix="sglkit-base-"))
+    try:
+        root = workdir / "rootfs"
+        t0 = time.monotonic()
+        _debootstrap(root, mirror, console)
+        console.print(f"[bold]base[/]: debootstrap done in {time.monotonic() - t0:.0f}s; packing")
+        _trim(root)
+        tarball = workdir / "rootfs.tar"
+        subprocess.run(tar_argv(root, tarball), check=True, stdin=subprocess.DEVNULL)
+        size_mb = tarball.stat().st_size / 1e6
+        console.print(f"[bold]base[/]: importing {size_mb:.0f} MB as {tag}")
+        labels = {engine.LABEL: "base", **engine.test_labels()}
+        changes = [*CHANGES, *(f'LABEL {k}="{v}"' for k, v in labels.items())]
+        c.api.import_image(src=str(tarball), repository=repo, tag=version, changes=changes)
+        image = c.images.get(tag)
+        console.print(f"[bold]base[/]: {tag} {image.short_id} in {time.monotonic() - t0:.0f}s")
+        return image.id
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _debootstrap(root: Path, mirror: str, console) -> None:
+    """Run debootstrap with a live status line (package being fetched / unpacked / configured)."""
+    argv = debootstrap_argv(root, mirror=mirror)
+    log: list[str] = []
+    counts = {"Retrieving": 0, "Extracting": 0, "Unpacking": 0, "Configuring": 0}
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        with console.status(f"debootstrap {SUITE} from {mirror}") as status:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                log.append(line)
+                words = line.split()
+                if len(words) >= 2 and words[0] == "I:" and words[1] in counts:
+                    counts[words[1]] += 1
+                done = ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
+                status.update(f"debootstrap {SUITE}: {done or 'resolving'} | {line[:70]}")
+        rc = proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        raise
+    if rc != 0:
+        tail = [ln for ln in log if ln.startswith(("E:", "W:"))] or log[-3:]
+        raise SglkitError(
+            f"container.base --offline: debootstrap exited {rc}: "
+            f"{(tail[-1] if tail else 'no output')} (mirror {mirror})"
+        )
+
+
+def _trim(root: Path) -> None:
+    """Drop what an image does not need: downloaded .debs and apt lists (fetched again on use)."""
+    for folder in (root / "var/cache/apt/archives", root / "var/lib/apt/lists"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file() and p.name not in ("lock",):
+                    p.unlink()

@@ -1,0 +1,234 @@
+"""Pure functions: the Dockerfile of a variant, requirements.txt, devcontainer.json, run plans.
+
+Templates render with a sandboxed jinja2 environment and StrictUndefined (a missing variable is an
+error, never an empty string).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from sglkit import paths
+from sglkit.errors import ConfigError
+
+DOCKERFILE_TEMPLATE = "Dockerfile.j2"
+DEVCONTAINER_TEMPLATE = "devcontainer.json.j2"
+
+# variant -> (platform, dpkg arch); None: the host's own platform (the cpu variant builds here)
+PLATFORMS: dict[str, tuple[str | None, str | None]] = {
+    "gh200": ("linux/arm64", "arm64"),
+    "hopper-x86": ("linux/amd64", "amd64"),
+    "cpu": (None, None),
+}
+GPU_VARIANTS = ("gh200", "hopper-x86")
+
+# Upstream release versions baked into the GPU variants as build-arg defaults (override with
+# container.build --build-arg NAME=VALUE). Each tarball is verified in the RUN step against the
+# checksum file published with its release.
+RELEASE_VERSIONS = {"prometheus": "2.53.3", "node_exporter": "1.9.1", "jaeger": "1.65.0"}
+UV_VERSION = "0.13.9"
+
+COMMON_APT = [
+    "ca-certificates",
+    "curl",
+    "git",
+    "less",
+    "procps",
+    "python3",
+    "python3-venv",
+    "sudo",
+    "tini",
+]
+CPU_APT = ["prometheus", "prometheus-node-exporter"]
+
+# Where host storage appears inside the container.
+MOUNT_POINTS = {
+    "models": "/models",
+    "cache": "/cache",
+    "telemetry": "/telemetry",
+    "profiles": "/profiles",
+}
+
+# Files and folders of the kit copied into the image (relative to the kit's home).
+KIT_FILES = ("pyproject.toml", "README.md")
+KIT_DIRS = ("sglkit", "profiles", "containers", "observability", "kernels", "cache")
+
+
+def environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+
+
+def check_variant(variant: str) -> str:
+    if variant not in PLATFORMS:
+        raise ConfigError(f"--variant: {variant!r} is not one of {', '.join(PLATFORMS)}")
+    return variant
+
+
+def container_env() -> dict[str, str]:
+    """Environment baked into the image: kit roots and every cache variable under /cache."""
+    from sglkit.profile import load_cache_layout
+
+    env = {
+        "SGLKIT_MODELS_ROOT": MOUNT_POINTS["models"],
+        "SGLKIT_CACHE_ROOT": MOUNT_POINTS["cache"],
+        "SGLKIT_TELEMETRY_ROOT": MOUNT_POINTS["telemetry"],
+        "SGLKIT_PROFILES": MOUNT_POINTS["profiles"],
+    }
+    for kind in load_cache_layout().values():
+        for var in kind["env"]:
+            env[var] = f"{MOUNT_POINTS['cache']}/{kind['dir']}"
+    env["SGLANG_MOE_CONFIG_DIR"] = "/opt/sglkit/src/kernels"
+    return env
+
+
+def dockerfile(variant: str, base_image: str | None = None) -> str:
+    """The Dockerfile text of `variant` (base_image: the cpu variant's FROM default)."""
+    from sglkit.containers.base import BASE_IMAGE
+
+    check_variant(variant)
+    platform, arch = PLATFORMS[variant]
+    gpu = variant in GPU_VARIANTS
+    text = (paths.asset("containers", DOCKERFILE_TEMPLATE)).read_text(encoding="utf-8")
+    return (
+        environment()
+        .from_string(text)
+        .render(
+            variant=variant,
+            gpu=gpu,
+            platform=platform,
+            arch=arch,
+            base_image=base_image or BASE_IMAGE,
+            uv_version=UV_VERSION,
+            versions=RELEASE_VERSIONS,
+            apt_packages=COMMON_APT if gpu else [*COMMON_APT, *CPU_APT],
+            mounts=list(MOUNT_POINTS.values()),
+            kit_files=list(KIT_FILES),
+            kit_dirs=list(KIT_DIRS),
+            env=container_env(),
+        )
+    )
+
+
+def requirements(pyproject: Path | None = None) -> str:
+    """requirements.txt for the image: the pinned runtime dependencies of pyproject.toml."""
+    import tomllib  # py311+; the image and CI run 3.11
+
+    pyproject = pyproject or paths.home() / "pyproject.toml"
+    with open(pyproject, "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    for d in deps:
+        if "==" not in d:
+            raise ConfigError(f"{pyproject}: project.dependencies: {d!r} is not pinned with ==")
+    return "".join(f"{d}\n" for d in deps)
+
+
+# ---- static checks of a rendering (used by tests, and by `container.render --check`) ----------
+
+_ARG = re.compile(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(=.*)?$")
+_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    if buf.strip():
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def undeclared_args(text: str, env_names: set[str] | None = None) -> list[str]:
+    """Variables used in a Dockerfile that no ARG (in scope) or ENV declares.
+
+    Scope as Docker has it: ARGs before the first FROM are visible only in FROM lines; each stage
+    sees the ARGs and ENVs declared in it. Shell variables set inside a RUN (`for f in ...`,
+    `base=...`) are exempt.
+    """
+    problems: list[str] = []
+    global_args: set[str] = set()
+    stage: set[str] | None = None
+    for word, rest in instructions(text):
+        if word == "ARG":
+            m = _ARG.match(f"ARG {rest}")
+            if m:
+                (global_args if stage is None else stage).add(m.group(1))
+            continue
+        if word == "FROM":
+            for name in _VAR.findall(rest):
+                if name not in global_args:
+                    problems.append(f"FROM uses ${name} without a global ARG")
+            stage = set()
+            continue
+        if stage is None:
+            continue
+        if word == "ENV":
+            for m in re.finditer(r"([A-Za-z_][A-Za-z0-9_]*)=", rest):
+                stage.add(m.group(1))
+        local = set(re.findall(r"(?:^|[\s;(])([A-Za-z_][A-Za-z0-9_]*)=", rest))
+        local |= set(re.findall(r"\bfor\s+([A-Za-z_][A-Za-z0-9_]*)\s+in\b", rest))
+        known = stage | local | set(env_names or ()) | {"PATH", "HOME"}
+        for name in _VAR.findall(rest):
+            if name not in known:
+                problems.append(f"{word} uses ${name} with no ARG or ENV in its stage")
+    return problems
+
+
+def copy_sources(text: str) -> list[str]:
+    """Build-context paths that COPY/ADD read (COPY --from=<stage> excluded)."""
+    out = []
+    for word, rest in instructions(text):
+        if word not in ("COPY", "ADD"):
+            continue
+        parts = rest.split()
+        if any(p.startswith("--from=") for p in parts):
+            continue
+        args = [p for p in parts if not p.startswith("--")]
+        out.extend(args[:-1])
+    return out
+
+
+def from_platforms(text: str) -> list[str | None]:
+    """The --platform of each FROM line (None where a FROM has none)."""
+    out: list[str | None] = []
+    for word, rest in instructions(text):
+        if word == "FROM":
+            m = re.search(r"--platform=(\S+)", rest)
+            out.append(m.group(1) if m else None)
+    return out
+
+
+# ---- devcontainer.json -----------------------------------------------------------------------
+
+
+def devcontainer(plan: dict[str, Any]) -> str:
+    """devcontainer.json (JSON, no comments) from a run plan (see lifecycle.plan)."""
+    text = paths.asset("containers", DEVCONTAINER_TEMPLATE).read_text(encoding="utf-8")
+    rendered = environment().from_string(text).render(plan=plan, tojson=_tojson)
+    data = json.loads(rendered)  # the template must render valid JSON
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _tojson(value: Any) -> str:
+    return json.dumps(value)
