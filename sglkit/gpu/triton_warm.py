@@ -313,10 +313,10 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
     override = os.environ.get("SGLKIT_TRITON_CACHE_DIR")
     cache_dir = Path(override or prof.environment()["TRITON_CACHE_DIR"])
     field = "SGLKIT_TRITON_CACHE_DIR" if override else "cache.root"
-    store.ensure_writable(cache_dir, field)
     os.environ["TRITON_CACHE_DIR"] = str(cache_dir)  # before triton is first imported below
     start = time.perf_counter()
     preflight()
+    store.ensure_writable(cache_dir, field)
     target = profile_target(prof, config_file, max_tokens, device)
     if target.config_file is None:
         raise ConfigError(
