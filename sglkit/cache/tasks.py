@@ -12,6 +12,7 @@ from sglkit.cache import archive, deepgemm, store
 from sglkit.cache import status as cache_status
 from sglkit.cache.triton import triton
 from sglkit.cli import task
+from sglkit.errors import ConfigError
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
@@ -47,10 +48,28 @@ def deepgemm_(
         model=model,
         context_length=context_length,
         launcher=launcher,
-        port=int(port) if port is not None else None,
-        timeout=float(timeout),
+        port=_number(port, "--port", int),
+        timeout=_number(timeout, "--timeout", float),
     )
-    deepgemm.warm(pl, force=force, lock_timeout=float(lock_timeout), grace=float(grace))
+    deepgemm.warm(
+        pl,
+        force=force,
+        lock_timeout=_number(lock_timeout, "--lock-timeout", float),
+        grace=_number(grace, "--grace", float),
+    )
+
+
+def _number(value, flag, kind):
+    """invoke hands over strings for flags without a typed default: convert, or name the flag."""
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{flag}: expected a number >= 0, got {value!r}")
+    return number
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print JSON instead of a table"})
@@ -70,7 +89,10 @@ def status(c, profile=None, json_=False):
             r["last_warm"] or "-",
             r["marker"],
         )
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 200  # a pipe or a log: whole paths, no wrapping
+    console.print(table)
 
 
 @task(help={"profile": PROFILE_HELP, "output": "archive path (default ./sglkit-deepgemm-...)"})
