@@ -1,5 +1,372 @@
-"""invoke container.*"""
+"""invoke container.*: base image, build, storage, up/down/status/logs/shell, devcontainer.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 from invoke import Collection
 
+from sglkit import manifest as manifests
+from sglkit import profile as profiles
+from sglkit.cli import task
+from sglkit.containers import base as base_mod
+from sglkit.containers import build as build_mod
+from sglkit.containers import devcontainer as devc
+from sglkit.containers import engine, lifecycle, render
+from sglkit.errors import ConfigError, SglkitError
+
+PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
+NAME_HELP = "container name (default: the profile's container.name)"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BASE_IMAGE) -> str:
+    """The base image: present, else pulled (unless offline), else built with debootstrap."""
+    if engine.image_exists(c, tag):
+        return c.images.get(tag).id
+    if not offline:
+        console.print(f"[bold]base[/]: {tag} missing; trying to pull debian:{base_mod.SUITE}")
+        try:
+            img = c.images.pull("debian", tag=base_mod.SUITE)
+            repo, _, version = tag.rpartition(":")
+            img.tag(repo, version)
+            console.print(f"[bold]base[/]: pulled debian:{base_mod.SUITE} as {tag}")
+            return img.id
+        except Exception as e:
+            if offline is False:
+                raise SglkitError(
+                    f"container.base: cannot pull debian:{base_mod.SUITE} "
+                    f"({engine._short(e)}); run `invoke container.base --offline`"
+                ) from None
+            console.print(
+                f"[bold]base[/]: no registry ({engine._short(e)}); "
+                "building it offline with debootstrap"
+            )
+    return base_mod.build(c, tag=tag, console=console)
+
+
+@task(
+    help={
+        "offline": "build from the Debian archive with debootstrap (no registry needed)",
+        "tag": f"image tag (default {base_mod.BASE_IMAGE})",
+        "mirror": f"Debian mirror for --offline (default {base_mod.MIRROR})",
+        "rebuild": "build even when the tag exists",
+    }
+)
+def base(c, offline=False, tag=base_mod.BASE_IMAGE, mirror=base_mod.MIRROR, rebuild=False):
+    """Base image (Debian bookworm): pulled, or with --offline built by debootstrap + import."""
+    console = _console()
+    client = engine.client()
+    if rebuild and offline:
+        image_id = base_mod.build(client, tag=tag, mirror=mirror, console=console)
+    elif rebuild:
+        raise ConfigError("--rebuild: only with --offline (a pull always fetches the latest)")
+    elif offline:
+        image_id = base_mod.ensure(client, tag=tag, mirror=mirror, console=console)
+    else:
+        image_id = ensure_base(client, console, offline=False, tag=tag)
+    print(f"{tag} {image_id}")
+
+
+def _default_tag(p, variant: str) -> str:
+    if variant == p.container["variant"]:
+        return p.container["image"]
+    return f"sglkit/dev:{variant}"
+
+
+def do_build(client, p, variant=None, tag=None, build_arg=(), ca_bundle=None, no_cache=False):
+    console = _console()
+    variant = render.check_variant(variant or p.container["variant"])
+    tag = tag or _default_tag(p, variant)
+    extra = build_mod.parse_build_args(build_arg)
+    base_image = p.container["base_image"] if variant in render.GPU_VARIANTS else None
+    if variant == "cpu" and "BASE_IMAGE" not in extra:
+        ensure_base(client, console)
+    args = build_mod.build_args(variant, extra, base_image)
+    ca = build_mod.ca_bundle(ca_bundle)
+    console.print(
+        f"[bold]build[/]: {variant} -> {tag} (dev uid {args['DEV_UID']}"
+        f"{', extra CA ' + str(ca) if ca else ''})"
+    )
+    image = build_mod.build(
+        client,
+        variant=variant,
+        tag=tag,
+        extra_args=extra,
+        base_image=base_image,
+        ca=ca,
+        no_cache=no_cache,
+        on_line=lambda line: console.print(f"  {line}", markup=False, style="dim"),
+    )
+    rec = build_mod.record(Path(p.container["storage"]), variant, tag, image.id, args)
+    console.print(f"[bold]build[/]: {tag} = {image.id} (recorded in {rec})")
+    return image
+
+
+@task(
+    iterable=["build_arg"],
+    help={
+        "profile": PROFILE_HELP,
+        "variant": "gh200, hopper-x86 or cpu (default: the profile's container.variant)",
+        "tag": "image tag (default: the profile's container.image)",
+        "build_arg": "NAME=VALUE build argument (repeatable), e.g. BASE_IMAGE=... or versions",
+        "ca_bundle": "extra CA bundle for TLS-intercepting proxies (default $PIP_CERT etc.)",
+        "no_cache": "do not reuse cached layers",
+    },
+)
+def build(c, profile=None, variant=None, tag=None, build_arg=None, ca_bundle=None, no_cache=False):
+    """Build the devcontainer image, streaming the build log; tag it and record its id."""
+    p = profiles.load(profile)
+    image = do_build(engine.client(), p, variant, tag, build_arg or (), ca_bundle, no_cache)
+    print(image.id)
+
+
+@task(help={"profile": PROFILE_HELP, "variant": "gh200, hopper-x86 or cpu (default: profile's)"})
+def render_dockerfile(c, profile=None, variant=None):
+    """Print the Dockerfile of a variant, as the build would use it."""
+    p = profiles.load(profile)
+    sys.stdout.write(render.dockerfile(variant or p.container["variant"]))
+
+
+@task(help={"profile": PROFILE_HELP})
+def storage(c, profile=None):
+    """Create the host folders (models, cache, telemetry) owned by the image's dev user."""
+    p = profiles.load(profile)
+    uid, gid = build_mod.dev_ids()
+    dirs = lifecycle.host_dirs(p)
+    lifecycle.prepare_storage(dirs, uid, gid)
+    for kind, d in dirs.items():
+        target = render.MOUNT_POINTS[kind]
+        print(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
+    print(f"owner      {uid}:{gid}")
+
+
+def _host_ports(mode: str, p) -> dict[int, int]:
+    ports = lifecycle.container_ports(p)
+    if mode == "same":
+        return {v: v for v in ports.values()}
+    if mode == "auto":
+        chosen: dict[int, int] = {}
+        for v in ports.values():
+            hp = engine_free_port(set(chosen.values()))
+            chosen[v] = hp
+        return chosen
+    raise ConfigError(f"--host-ports: {mode!r} is not one of same, auto")
+
+
+def engine_free_port(avoid: set[int]) -> int:
+    from sglkit.net import free_port
+
+    while True:
+        port = free_port()
+        if port not in avoid:
+            return port
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "name": NAME_HELP,
+        "image": "image to run (default: the profile's container.image)",
+        "gpus": "auto (when the engine has the NVIDIA runtime), all, or none",
+        "host_ports": "same (host port = container port) or auto (free host ports)",
+        "timeout": "seconds to wait for the manifest (default: container.ready_timeout)",
+        "build": "build the base and the image when missing (default on; --no-build to fail)",
+        "json": "print one JSON object instead of text",
+    }
+)
+def up(
+    c,
+    profile=None,
+    name=None,
+    image=None,
+    gpus="auto",
+    host_ports="same",
+    timeout=None,
+    build=True,
+    json_=False,
+):
+    """Start the devcontainer and wait until its run manifest says ready; print where things are."""
+    p = profiles.load(profile)
+    console = _console()
+    client = engine.client()
+    image = image or p.container["image"]
+    if not engine.image_exists(client, image):
+        if not build or image != p.container["image"]:
+            raise SglkitError(
+                f"container.image: image {image} not found on this engine; "
+                f"build it with `invoke container.build --profile {p.path}`"
+            )
+        console.print(f"[bold]up[/]: image {image} missing; building it first")
+        do_build(client, p)
+    runtime = engine.has_nvidia_runtime(client.info())
+    use_gpus = lifecycle.want_gpus(gpus, p.container["variant"], runtime)
+    ports = _host_ports(host_ports, p)
+    run_id = manifests.new_run_id()
+    plan = lifecycle.plan(
+        p,
+        run_id=run_id,
+        gpus=use_gpus,
+        host_ports=ports,
+        name=name,
+        image=image,
+        secrets=lifecycle.secrets(),
+    )
+    uid, gid = build_mod.dev_ids()
+    lifecycle.prepare_storage(plan.host_dirs, uid, gid)
+    t_wait = float(timeout) if timeout is not None else p.container["ready_timeout"]
+    console.print(f"[bold]up[/]: {plan.name} from {image}, run {run_id}, gpus={use_gpus}")
+    with console.status(f"waiting for run {run_id} to be ready") as status:
+        out = lifecycle.up(
+            client,
+            plan,
+            timeout=t_wait,
+            say=lambda s: console.print(s, markup=False),
+            on_status=lambda s: status.update(f"run {run_id}: {s}"),
+        )
+    if json_:
+        print(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "run_id": out.run_id,
+                    "run_dir": str(out.run_dir),
+                    "manifest": str(out.run_dir / manifests.MANIFEST),
+                    "urls": out.urls,
+                    "container_id": out.container_id,
+                },
+                indent=2,
+            )
+        )
+        return
+    print(f"container  {plan.name} ({out.container_id[:12]})")
+    print(f"run id     {out.run_id}")
+    print(f"manifest   {out.run_dir / manifests.MANIFEST}")
+    for svc, url in sorted(out.urls.items()):
+        print(f"{svc:<10} {url}")
+    absent = {
+        n: s.get("reason")
+        for n, s in (out.manifest.get("services") or {}).items()
+        if s.get("status") != "running"
+    }
+    for svc, why in sorted(absent.items()):
+        print(f"{svc:<10} not running: {why}")
+
+
+@task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
+def down(c, profile=None, name=None, grace=10):
+    """Stop and remove the devcontainer; telemetry and caches stay on the host."""
+    p = profiles.load(profile)
+    name = name or p.container["name"]
+    labels = lifecycle.down(engine.client(), name, grace=float(grace))
+    if labels is None:
+        print(f"{name}: no such container (nothing to do)")
+        return
+    run_id = labels.get(engine.LABEL_RUN)
+    root = labels.get("org.sglkit.telemetry-root")
+    print(f"{name}: stopped and removed")
+    if run_id and root:
+        print(f"run {run_id} kept at {manifests.run_dir(root, run_id)}")
+
+
+@task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "json": "print one JSON object"})
+def status(c, profile=None, name=None, json_=False):
+    """The devcontainer's state, its run id, the manifest status and each service's URL."""
+    p = profiles.load(profile)
+    name = name or p.container["name"]
+    info = lifecycle.describe(engine.client(), name)
+    if info is None:
+        if json_:
+            print(json.dumps({"name": name, "state": "absent"}))
+        else:
+            print(f"{name}: no such container")
+        raise SystemExit(3)
+    if json_:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"container  {info['name']} ({info['id']}) {info['state']}, image {info['image']}")
+    print(f"run id     {info['run_id']}  manifest: {info['manifest_status']}")
+    print(f"run dir    {info['run_dir']}")
+    for svc, s in sorted(info["services"].items()):
+        print(f"{svc:<14} {s['status']:<9} {s['url'] or ''}")
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "name": NAME_HELP,
+        "follow": "keep printing new lines (Ctrl-C to stop)",
+        "tail": "number of last lines (default: all)",
+    }
+)
+def logs(c, profile=None, name=None, follow=False, tail="all"):
+    """Print the devcontainer's log (init-run's progress lines); -f follows."""
+    p = profiles.load(profile)
+    name = name or p.container["name"]
+    container = lifecycle.find(engine.client(), name)
+    if container is None:
+        raise SglkitError(f"--name: no container named {name}")
+    tail_arg = tail if tail == "all" else int(tail)
+    if follow:
+        try:
+            for chunk in container.logs(stream=True, follow=True, tail=tail_arg):
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        return
+    sys.stdout.write(container.logs(tail=tail_arg).decode("utf-8", "replace"))
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "name": NAME_HELP,
+        "command": "run this (with bash -lc) instead of an interactive shell; exit with its status",
+        "user": "user inside the container (default: the image's dev user)",
+    }
+)
+def shell(c, profile=None, name=None, command=None, user=None):
+    """An interactive shell in the running devcontainer (or one command with --command)."""
+    from sglkit.containers import tty
+
+    p = profiles.load(profile)
+    name = name or p.container["name"]
+    client = engine.client()
+    container = lifecycle.find(client, name)
+    if container is None or container.status != "running":
+        raise SglkitError(f"--name: no running container named {name} (invoke container.up)")
+    if command:
+        res = container.exec_run(["bash", "-lc", command], user=user or "", demux=False)
+        sys.stdout.write((res.output or b"").decode("utf-8", "replace"))
+        raise SystemExit(res.exit_code)
+    raise SystemExit(tty.interactive(client, container, ["bash", "-l"], user=user or ""))
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "output": "where to write it (default .devcontainer/devcontainer.json)",
+        "check": "validate it with the devcontainer CLI (devcontainer read-configuration)",
+    }
+)
+def devcontainer(c, profile=None, output=".devcontainer/devcontainer.json", check=False):
+    """Generate devcontainer.json from the profile (mounts, ports, env, post-create)."""
+    p = profiles.load(profile)
+    path = devc.write(p, Path(output))
+    print(path)
+    if check:
+        devc.read_configuration(path)
+        print("devcontainer read-configuration: ok")
+
+
 ns = Collection("container")
+for t in (base, build, render_dockerfile, storage, up, down, status, logs, shell, devcontainer):
+    ns.add_task(t)

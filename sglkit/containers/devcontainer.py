@@ -1,0 +1,87 @@
+"""devcontainer.json from a profile, checked with the reference devcontainer CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sglkit import paths
+from sglkit.containers import lifecycle, render
+from sglkit.errors import SglkitError
+from sglkit.fsutil import atomic_write_text
+from sglkit.profile import Profile
+
+
+def plan(profile: Profile, workspace: Path | None = None, gpus: bool | None = None) -> dict:
+    """What devcontainer.json says: the same mounts, ports and environment as container.up."""
+    gpus = profile.container["variant"] in render.GPU_VARIANTS if gpus is None else gpus
+    p = lifecycle.plan(profile, run_id="devcontainer", gpus=gpus)
+    run_args = [f"--shm-size={p.shm_size}", "--label", "org.sglkit.managed=devcontainer"]
+    for cport, hport in sorted(p.ports.items()):
+        run_args += ["-p", f"127.0.0.1:{hport}:{cport}"]
+    if gpus:
+        run_args += ["--gpus", "all"]
+    env = {k: v for k, v in p.environment.items() if k != "SGLKIT_RUN_ID"}
+    return {
+        "profile_name": profile.name,
+        "variant": p.variant,
+        "image": p.image,
+        "workspace": str((workspace or paths.home()).resolve()),
+        "mounts": p.mounts,
+        "run_args": run_args,
+        "environment": env,
+    }
+
+
+def write(profile: Profile, output: Path, workspace: Path | None = None) -> Path:
+    text = render.devcontainer(plan(profile, workspace))
+    return atomic_write_text(output, text)
+
+
+def read_configuration(path: Path, workspace: Path | None = None, timeout: float = 120) -> dict:
+    """Run `devcontainer read-configuration` on the file; SglkitError with its message if bad."""
+    exe = shutil.which("devcontainer")
+    if exe is None:
+        raise SglkitError(
+            "--check: the devcontainer CLI is not installed (npm install -g @devcontainers/cli)"
+        )
+    folder = (workspace or paths.home()).resolve()
+    argv = [
+        exe,
+        "read-configuration",
+        "--workspace-folder",
+        str(folder),
+        "--config",
+        str(Path(path).resolve()),
+        "--log-format",
+        "json",
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        detail = _last_message(proc.stderr) or _last_message(proc.stdout) or "no output"
+        raise SglkitError(f"devcontainer read-configuration rejected {path}: {detail}")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise SglkitError(
+            f"devcontainer read-configuration: unreadable output for {path}"
+        ) from None
+
+
+def _last_message(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except ValueError:
+            return line[:300]
+        if isinstance(obj, dict) and obj.get("text"):
+            return str(obj["text"]).strip().splitlines()[0][:300]
+    return ""
