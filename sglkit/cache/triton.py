@@ -21,10 +21,11 @@ PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PR
         "device-name": "GPU name for the config file name (default: this GPU's)",
         "json": "also write per-variant first-call times here",
         "lock-timeout": "seconds to wait for another warm of the same folder (default 0: fail)",
+        "keys-only": "one variant per config at its own batch size (quicker, partial)",
     }
 )
 def triton(c, profile=None, config_file=None, max_tokens=None, device_name=None, json=None,
-           lock_timeout=None):  # fmt: skip
+           lock_timeout=None, keys_only=False):  # fmt: skip
     """Compile the profile's tuned fused-MoE kernels into TRITON_CACHE_DIR (needs a GPU)."""
     from sglkit.errors import ConfigError
     from sglkit.gpu import triton_warm
@@ -40,6 +41,8 @@ def triton(c, profile=None, config_file=None, max_tokens=None, device_name=None,
         wait = float(lock_timeout or 0)
     except ValueError:
         raise ConfigError(f"--lock-timeout: expected seconds, got {lock_timeout!r}") from None
-    s = triton_warm.run(profile, config_file, max_tokens, json, device_name, lock_timeout=wait)
+    s = triton_warm.run(
+        profile, config_file, max_tokens, json, device_name, lock_timeout=wait, keys_only=keys_only
+    )
     print(f"warm: {len(s['items'])} kernel variants in {s['triton_cache_dir']} "
           f"(first calls {s['total_first_call_s']:.1f}s)")  # fmt: skip

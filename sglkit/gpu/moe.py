@@ -96,18 +96,91 @@ def check_moe_kernel(ctx: Context) -> None:
     judge_errors(ctx, cases)
 
 
+TUNE_BATCHES = (1, 16)
+
+
+def tiny_space(default: dict) -> list[dict]:
+    """SGLang's default config and two neighbours (more stages, a wider N tile)."""
+    keys = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
+            "num_stages")  # fmt: skip
+    base = {k: int(default.get(k, {"num_warps": 4, "num_stages": 3}.get(k, 1))) for k in keys}
+    wider = {**base, "BLOCK_SIZE_N": min(256, base["BLOCK_SIZE_N"] * 2)}
+    deeper = {**base, "num_stages": 2 if base["num_stages"] > 2 else 3}
+    out: list[dict] = []
+    for c in (base, wider, deeper):
+        if c not in out:
+            out.append(c)
+    return out
+
+
 def check_tuner(ctx: Context) -> None:
     cuda()
-    _kernel_modules()
+    bench = _kernel_modules()
     try:
-        from sglkit.kernels import names, search
+        from sglkit.kernels import names, search, shapes
     except Exception as e:
-        raise Skip(f"the tuner (sglkit.kernels.search, names) does not import ({e})") from None
-    d = SMOKE_SHAPES[0]
+        raise Skip(
+            f"the tuner (sglkit.kernels.search, names, shapes) does not import ({e})"
+        ) from None
+    import triton
+
+    from sglkit import paths
+
+    config = paths.asset("profiles", "models", "Qwen3-30B-A3B", "config.json")
+    shape = shapes.moe_shape(config, tp=1)
+    device = names.device_name()
+    expected = names.config_file_name(
+        shape.E, shape.N, device, shape.dtype, shape.block_shape, shape.per_channel_quant
+    )
+    measure = bench.make_measure(shape, reps=5, sets=2)
     with tempfile.TemporaryDirectory(prefix="sglkit-tune-") as tmp:
-        written = Path(search.tune_smoke(d, Path(tmp)))
-        expected = names.config_file_name(d, names.device_name())
-        ctx.note(f"tuner wrote {written.name}")
-        ctx.figure("file", written.name, written.name)
-        if written.name != expected:
-            raise Fail("tuned config file name", expected, written.name)
+        store = Path(tmp)
+        results = search.tune(
+            TUNE_BATCHES,
+            lambda M: tiny_space(bench.default_config(shape, M)),
+            measure,
+            state_path=store / "state.json",
+            budget=3,
+            default_config=lambda M: bench.default_config(shape, M),
+        )
+        out = store / "configs" / names.triton_dir_name(triton.__version__) / expected
+        from sglkit.fsutil import atomic_write_json
+
+        atomic_write_json(out, search.configs_json(results))
+        n = len(tiny_space(bench.default_config(shape, 1)))
+        ctx.note(f"tuned M={list(results)} over {n} configs each; wrote {out.name}")
+        ctx.figure("file", out.name, out.name)
+        sglang_name, read = _sglang_reads(bench, store, shape)
+    ctx.note(f"the installed SGLang looks up {sglang_name}")
+    if sglang_name != expected:
+        raise Fail("file name the installed SGLang computes on this GPU", expected, sglang_name)
+    if read is None:
+        raise Fail("SGLang get_moe_configs under SGLANG_MOE_CONFIG_DIR", "our file", "nothing")
+    if sorted(read) != sorted(TUNE_BATCHES):
+        raise Fail("batch sizes SGLang read back", str(list(TUNE_BATCHES)), str(sorted(read)))
+
+
+def _sglang_reads(bench, store: Path, shape) -> tuple[str, dict | None]:
+    """(name the installed SGLang computes on this GPU, what its get_moe_configs reads from
+    `store` as SGLANG_MOE_CONFIG_DIR). Uses the tuner's private copy of SGLang's config module
+    (its package __init__ needs sgl_kernel; get_exec answers "not deterministic")."""
+    import os
+
+    mod = bench.sglang_config_module()
+    bn, bk = shape.block_shape or (0, 0)
+    block = [bn, bk] if shape.block_shape else None
+    name = mod.get_config_file_name(shape.E, shape.N, shape.dtype, block, shape.per_channel_quant)
+    old = os.environ.get("SGLANG_MOE_CONFIG_DIR")
+    os.environ["SGLANG_MOE_CONFIG_DIR"] = str(store)
+    try:
+        mod.get_moe_configs.cache_clear()
+        configs = mod.get_moe_configs(
+            shape.E, shape.N, shape.dtype, bn, bk, shape.per_channel_quant
+        )
+    finally:
+        mod.get_moe_configs.cache_clear()
+        if old is None:
+            os.environ.pop("SGLANG_MOE_CONFIG_DIR", None)
+        else:
+            os.environ["SGLANG_MOE_CONFIG_DIR"] = old
+    return name, configs

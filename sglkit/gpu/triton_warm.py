@@ -160,16 +160,21 @@ def kernel_config(config: Mapping[str, Any]) -> dict[str, int]:
     return {k: int(config[k]) for k in KERNEL_KEYS if k in config}
 
 
-def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: int) -> list[Item]:
+def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: int,
+         keys_only: bool = False) -> list[Item]:  # fmt: skip
     """One M per distinct (kernel config, specialization) over batches 1..max_tokens.
 
     The config keys themselves come first where they are in range (those are the batch sizes
-    the file was tuned for, often the CUDA-graph sizes the server captures).
+    the file was tuned for, often the CUDA-graph sizes the server captures). `keys_only`: one
+    item per distinct config at its own key, every key (a quicker, partial warm).
     """
     keys = list(configs)
     seen: set[tuple] = set()
     items: list[Item] = []
-    candidates = [k for k in keys if 1 <= k <= max_tokens] + list(range(1, max_tokens + 1))
+    if keys_only:
+        candidates = keys
+    else:
+        candidates = [k for k in keys if 1 <= k <= max_tokens] + list(range(1, max_tokens + 1))
     for M in candidates:
         key = nearest_key(keys, M)
         cfg = kernel_config(configs[key])
@@ -201,11 +206,15 @@ def profile_target(prof, config_file: str | None = None, max_tokens: int | None 
     from sglkit import paths
     from sglkit.kernels import names, shapes
 
-    shape = shapes.moe_shape(prof)
+    cfg = prof.model_config_path()
+    if cfg is None:
+        raise ConfigError("model.config: the profile names no config.json for the model's shape")
+    shape = shapes.moe_shape(cfg, prof.server["tp"], prof.server.get("ep") or 1)
     dims = _dims(shape)
     file_name = names.config_file_name(
-        dims.E, dims.N, names.device_name(device), dims.dtype, dims.block_shape
-    )
+        shape.E, shape.N, names.device_name(device), shape.dtype, shape.block_shape,
+        shape.per_channel_quant,
+    )  # fmt: skip
     if config_file:
         path: Path | None = Path(config_file)
         if not path.is_file():
@@ -301,7 +310,7 @@ def _use_server_length(runner, item: Item, dims) -> None:
 
 def run(profile: str | None, config_file: str | None, max_tokens: int | None,
         json_out: str | None, device: str | None = None, quiet: bool = False,
-        lock_timeout: float = 0.0) -> dict:  # fmt: skip
+        lock_timeout: float = 0.0, keys_only: bool = False) -> dict:  # fmt: skip
     """Set TRITON_CACHE_DIR from the profile, plan, warm with progress, write the marker.
 
     $SGLKIT_TRITON_CACHE_DIR overrides the folder (benchmarks/triton_warm.py uses fresh ones).
@@ -324,7 +333,7 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
             "run kernels.tune or pass --config-file"
         )
     configs = load_configs(target.config_file)
-    items = plan(configs, target.dims.topk, target.dims.E, target.max_tokens)
+    items = plan(configs, target.dims.topk, target.dims.E, target.max_tokens, keys_only)
     setup_s = time.perf_counter() - start
     with store.locked(cache_dir, wait=lock_timeout, what="cache.triton"):
         store.remove_marker(cache_dir)
@@ -338,6 +347,7 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
             "versions": _versions(),
             "dims": asdict(target.dims),
             "max_tokens": target.max_tokens,
+            "keys_only": keys_only,
             "setup_s": setup_s,
             "total_first_call_s": sum(t.first_call_s for t in timings),
             "items": [asdict(t) for t in timings],
@@ -405,11 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--lock-timeout", type=float, default=0.0)
+    p.add_argument("--keys-only", action="store_true", help="one variant per config, at its key")
     a = p.parse_args(argv)
     if a.max_tokens is not None and a.max_tokens < 1:
         raise ConfigError("--max-tokens: expected a positive integer")
     s = run(
-        a.profile, a.config_file, a.max_tokens, a.json_out, a.device_name, a.quiet, a.lock_timeout
+        a.profile,
+        a.config_file,
+        a.max_tokens,
+        a.json_out,
+        a.device_name,
+        a.quiet,
+        a.lock_timeout,
+        a.keys_only,
     )
     print(json.dumps({k: s[k] for k in ("total_first_call_s", "setup_s")} | {"n": len(s["items"])}))
     return 0

@@ -118,3 +118,11 @@ def test_plan_respects_max_tokens():
     configs = {1: _cfg(16), 4096: _cfg(64)}
     assert all(i.M <= 256 for i in plan(configs, 8, 128, 256))
     assert {i.key for i in plan(configs, 8, 128, 256)} == {1}
+
+
+def test_keys_only_warms_each_distinct_config_once_at_its_key():
+    configs = {1: _cfg(16), 2: _cfg(16), 64: _cfg(16, bn=128), 4096: _cfg(128, bn=256)}
+    items = plan(configs, 8, 128, max_tokens=16, keys_only=True)
+    assert [(i.M, i.key) for i in items] == [(1, 1), (2, 2), (64, 64), (4096, 4096)]
+    same = {1: _cfg(16), 8: _cfg(16)}  # same config; M=1 and M=8 differ in specialization
+    assert [i.M for i in plan(same, 8, 128, 16, keys_only=True)] == [1, 8]
