@@ -512,6 +512,14 @@ def tune(
     ident["params"] = json.loads(json.dumps(ident["params"]))
     state = State.open(state_path, ident, resume)
     state.save()
+    try:
+        _run_waves(bs, space, measure, state, budget, params, progress, default_config)
+    finally:  # an interruption (Ctrl-C, an error) keeps every measurement taken so far
+        state.save()
+    return state.results()
+
+
+def _run_waves(bs, space, measure, state, budget, params, progress, default_config) -> None:
     for wave in waves(bs, params.anchor_stride):
         finished_before = dict(state.done)  # seeds come from earlier waves only
         for M in wave:
@@ -545,7 +553,6 @@ def tune(
             state.finish(res, memo)
             if progress:
                 progress("done", {"M": M, "result": res})
-    return state.results()
 
 
 def configs_json(results: dict[int, Result]) -> dict[str, dict[str, int]]:
