@@ -1,0 +1,280 @@
+"""Static checks of the Dockerfile renderings (gh200, hopper-x86, cpu) and of the run plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sglkit import paths
+from sglkit import profile as profiles
+from sglkit.containers import build, devcontainer, lifecycle, render
+from sglkit.errors import ConfigError, SglkitError
+
+VARIANTS = ["gh200", "hopper-x86", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, str]:
+    return {v: render.dockerfile(v) for v in VARIANTS}
+
+
+@pytest.fixture
+def context(tmp_path) -> Path:
+    return tmp_path / "ctx"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variable_used_is_declared_in_scope(rendered, variant):
+    assert render.undeclared_args(rendered[variant]) == []
+
+
+def test_undeclared_arg_checker_catches_a_missing_declaration():
+    text = "ARG BASE=x\nFROM ${BASE}\nRUN echo ${NOT_DECLARED}\n"
+    assert render.undeclared_args(text) == [
+        "RUN uses $NOT_DECLARED with no ARG or ENV in its stage"
+    ]
+    # an ARG declared before FROM is not visible inside the stage (Docker's scoping)
+    text = "ARG V=1\nFROM scratch\nRUN echo $V\n"
+    assert render.undeclared_args(text) == ["RUN uses $V with no ARG or ENV in its stage"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_copy_source_exists_in_the_build_context(rendered, variant, context):
+    build.make_context(context, variant, ca=None)
+    sources = render.copy_sources(rendered[variant])
+    assert "requirements.txt" in sources and "sglkit/" in sources
+    for src in sources:
+        assert (context / src).exists(), f"COPY {src}: not in the build context"
+    assert (context / "Dockerfile").read_text() == rendered[variant]
+
+
+@pytest.mark.parametrize(
+    ("variant", "platform", "arch"),
+    [("gh200", "linux/arm64", "arm64"), ("hopper-x86", "linux/amd64", "amd64")],
+)
+def test_gpu_variants_pin_their_platform_and_arch(rendered, variant, platform, arch):
+    text = rendered[variant]
+    assert render.from_platforms(text) == [platform, platform]
+    assert f"ARG TARGET_ARCH={arch}" in text
+    assert "FROM --platform=" not in rendered["cpu"]
+
+
+@pytest.mark.parametrize("variant", ["gh200", "hopper-x86"])
+def test_gpu_downloads_are_verified_against_published_checksum_files(rendered, variant):
+    runs = [rest for word, rest in render.instructions(rendered[variant]) if word == "RUN"]
+    fetch = next(r for r in runs if "releases/download" in r)
+    tarballs = re.findall(r'curl -fsSLO "\$\{base\}/([^"]+\.tar\.gz)"', fetch)
+    assert len(tarballs) == 3  # prometheus, node_exporter, jaeger
+    for tb in tarballs:
+        # each tarball is checked by sha256sum -c against the release's own checksum file,
+        # and the check must name that very tarball as OK
+        assert f'grep -q "{tb}: OK"' in fetch, tb
+    assert fetch.count("sha256sum -c") == 3
+    assert "sha256sums.txt" in fetch and ".sha256sum.txt" in fetch
+    # no checksum typed into the Dockerfile: no 64-hex string anywhere
+    assert not re.search(r"\b[0-9a-f]{64}\b", rendered[variant])
+    for name, version in render.RELEASE_VERSIONS.items():
+        assert f"ARG {name.upper()}_VERSION={version}" in rendered[variant]
+
+
+def test_gpu_variants_carry_dcgm_and_its_exporter_from_nvidia(rendered):
+    text = rendered["gh200"]
+    assert "nvcr.io/nvidia/k8s/dcgm-exporter:" in text
+    assert '"datacenter-gpu-manager=1:${DCGM_VERSION}"' in text
+    assert "COPY --from=dcgm-exporter /usr/bin/dcgm-exporter" in text
+    assert "dcgm" not in rendered["cpu"].lower()
+
+
+def test_cpu_variant_uses_debian_packages_and_no_downloads(rendered):
+    text = rendered["cpu"]
+    assert "prometheus prometheus-node-exporter" in text
+    assert "releases/download" not in text
+    assert "ARG BASE_IMAGE=sglkit/base:bookworm" in text
+
+
+def test_variants_share_everything_below_the_from_block(rendered):
+    def tail(text):
+        return text[text.index("ARG DEV_USER=dev") :]
+
+    gh, cpu = tail(rendered["gh200"]), tail(rendered["cpu"])
+    # the shared part: user, CA, venv, kit install, env, entrypoint
+    for marker in (
+        "useradd -m",
+        "COPY build-ca/",
+        "python3 -m venv",
+        "ENTRYPOINT",
+        "ENV SGLKIT_HOME",
+    ):
+        assert marker in gh and marker in cpu
+
+    def shared(text):  # from the user step on, only the variant label differs
+        return text[text.index("# 2. The dev user") :].replace('variant="gh200"', 'variant="cpu"')
+
+    assert shared(gh) == shared(cpu)
+
+
+def test_layer_order_keeps_code_changes_off_the_apt_layer(rendered):
+    ins = render.instructions(rendered["cpu"])
+    idx = {
+        "apt": next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "apt-get install" in r),
+        "deps": next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "requirements.txt" in r),
+        "code": next(i for i, (w, r) in enumerate(ins) if w == "COPY" and r.endswith("sglkit/")),
+    }
+    assert idx["apt"] < idx["deps"] < idx["code"]
+
+
+def test_cache_environment_points_into_the_cache_mount(rendered):
+    env = render.container_env()
+    layout = profiles.load_cache_layout()
+    for kind in layout.values():
+        for var in kind["env"]:
+            assert env[var] == f"/cache/{kind['dir']}"
+            assert f"{var}=/cache/{kind['dir']}" in rendered["cpu"]
+    assert env["SGLKIT_TELEMETRY_ROOT"] == "/telemetry"
+
+
+def test_entrypoint_is_init_run(rendered):
+    ep = [r for w, r in render.instructions(rendered["cpu"]) if w == "ENTRYPOINT"]
+    assert json.loads(ep[0])[-2:] == ["-m", "sglkit.observability.init_run"]
+
+
+def test_requirements_are_the_pinned_runtime_dependencies(tmp_path):
+    reqs = render.requirements().splitlines()
+    assert reqs and all("==" in r for r in reqs)
+    assert any(r.startswith("docker==") for r in reqs)
+    bad = tmp_path / "pyproject.toml"
+    bad.write_text('[project]\nname="x"\ndependencies=["docker>=7"]\n')
+    with pytest.raises(ConfigError, match="not pinned"):
+        render.requirements(bad)
+
+
+def test_unknown_variant_is_one_line_error():
+    with pytest.raises(ConfigError, match="--variant: 'arm' is not one of"):
+        render.dockerfile("arm")
+
+
+def test_gpu_variant_needs_a_base_image():
+    with pytest.raises(ConfigError, match=r"container\.base_image"):
+        build.build_args("gh200", {})
+    assert build.build_args("gh200", {"BASE_IMAGE": "x"})["BASE_IMAGE"] == "x"
+
+
+def test_build_args_parse():
+    assert build.parse_build_args(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+    with pytest.raises(ConfigError, match="--build-arg: 'nope'"):
+        build.parse_build_args(["nope"])
+
+
+def _profile(tmp_path, **container) -> profiles.Profile:
+    c = {"name": "sglkit-t", "storage": str(tmp_path / "st"), **container}
+    text = (
+        "model: {path: m}\n"
+        f"telemetry: {{root: {tmp_path / 'tel'}}}\n"
+        f"cache: {{root: {tmp_path / 'cache'}}}\n"
+        f"container: {json.dumps(c)}\n"
+    )
+    p = tmp_path / "prof" / "t.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return profiles.load(p)
+
+
+def test_plan_mounts_ports_env_and_labels(tmp_path):
+    p = _profile(tmp_path)
+    plan = lifecycle.plan(p, run_id="r1", gpus=False, secrets={"HF_TOKEN": "hf-secret-value-123"})
+    by_target = {m["target"]: m for m in plan.mounts}
+    assert by_target["/telemetry"]["source"] == str(tmp_path / "tel")
+    assert by_target["/cache"]["source"] == str(tmp_path / "cache")
+    assert by_target["/models"]["source"] == str(tmp_path / "st" / "models")
+    assert by_target["/profiles"] == {
+        "source": str(tmp_path / "prof"),
+        "target": "/profiles",
+        "read_only": True,
+    }
+    assert plan.command == [
+        "--profile",
+        "/profiles/t.yaml",
+        "--root",
+        "/telemetry",
+        "--run-id",
+        "r1",
+        "--bind",
+        "0.0.0.0",
+    ]
+    assert plan.ports[9090] == 9090 and plan.ports[30000] == 30000
+    assert plan.environment["HF_TOKEN"] == "hf-secret-value-123"
+    # the secret is passed through, never recorded in labels
+    assert "hf-secret-value-123" not in json.dumps(plan.labels)
+    assert plan.labels["org.sglkit.run-id"] == "r1"
+
+
+def test_plan_rejects_a_mount_over_a_kit_mount(tmp_path):
+    p = _profile(tmp_path, mounts=[{"source": "/x", "target": "/cache"}])
+    with pytest.raises(ConfigError, match=r"container.mounts\[0\].target: /cache is already"):
+        lifecycle.plan(p, run_id="r", gpus=False)
+
+
+def test_host_url_maps_container_ports_to_published_ones():
+    assert lifecycle.host_url("http://0.0.0.0:9090/x?y=1", {9090: 41000}) == (
+        "http://127.0.0.1:41000/x?y=1"
+    )
+    assert lifecycle.host_url("http://127.0.0.1:9100/metrics", {9100: 9100}) == (
+        "http://127.0.0.1:9100/metrics"
+    )
+    assert lifecycle.host_url(None, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "variant", "runtime", "expected"),
+    [
+        ("auto", "cpu", False, False),
+        ("auto", "cpu", True, True),
+        ("auto", "gh200", True, True),
+        ("all", "cpu", False, True),
+        ("none", "gh200", True, False),
+    ],
+)
+def test_want_gpus(mode, variant, runtime, expected):
+    assert lifecycle.want_gpus(mode, variant, runtime) is expected
+
+
+def test_gpu_variant_without_nvidia_runtime_says_what_to_install():
+    with pytest.raises(SglkitError, match="NVIDIA Container Toolkit"):
+        lifecycle.want_gpus("auto", "gh200", False)
+    with pytest.raises(ConfigError, match="--gpus: 'some'"):
+        lifecycle.want_gpus("some", "cpu", False)
+
+
+def test_devcontainer_json_mirrors_the_plan(tmp_path):
+    p = _profile(tmp_path)
+    out = devcontainer.write(p, tmp_path / ".devcontainer" / "devcontainer.json", tmp_path)
+    data = json.loads(out.read_text())
+    assert data["image"] == "sglkit/dev:cpu"
+    assert f"type=bind,source={tmp_path / 'tel'},target=/telemetry" in data["mounts"]
+    assert f"type=bind,source={tmp_path / 'prof'},target=/profiles,readonly" in data["mounts"]
+    assert "127.0.0.1:9090:9090" in data["runArgs"]
+    assert "--gpus" not in data["runArgs"]
+    assert data["containerEnv"] == {"SGLKIT_PROFILE": "/profiles/t.yaml"}
+    assert data["postCreateCommand"][-1] == "/opt/sglkit/src/containers/post-create.sh"
+    assert (paths.asset("containers", "post-create.sh")).is_file()
+
+
+def test_devcontainer_for_a_gpu_profile_asks_for_gpus(tmp_path):
+    p = profiles.load("qwen3-30b-a3b-gh200")
+    data = json.loads(render.devcontainer(devcontainer.plan(p, tmp_path)))
+    assert data["runArgs"][-2:] == ["--gpus", "all"]
+    assert data["image"] == "sglkit/dev:gh200"
+
+
+def test_dev_ids_map_root_to_1000(monkeypatch):
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    monkeypatch.delenv("SUDO_GID", raising=False)
+    monkeypatch.setattr("os.getuid", lambda: 0)
+    monkeypatch.setattr("os.getgid", lambda: 0)
+    assert build.dev_ids() == (1000, 1000)
+    monkeypatch.setenv("SUDO_UID", "1234")
+    monkeypatch.setenv("SUDO_GID", "99")
+    assert build.dev_ids() == (1234, 99)
