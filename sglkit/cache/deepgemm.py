@@ -248,6 +248,20 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_ignored():
+    try:
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 # ---- the run -------------------------------------------------------------------------------------
 @dataclass
 class Result:
@@ -350,7 +364,8 @@ def _run_child(pl: Plan, rep: Reporter, log_path: Path, grace: float) -> None:
     finally:
         phase = rep.phase
         rep.set_phase("stopping the server (process group)")
-        rc = terminate_group(proc, grace=grace)
+        with _signals_ignored():  # a second Ctrl-C must not leave the group behind
+            rc = terminate_group(proc, grace=grace)
         out.join(timeout=2)
         with contextlib.suppress(OSError):
             proc.stdout.close()

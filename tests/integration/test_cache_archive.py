@@ -162,3 +162,12 @@ def test_cli_round_trip_and_status_json(tmp_path):
     r = subprocess.run(["invoke", "cache.status", "--profile", str(dst)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and "matches" in r.stdout
+
+
+def test_status_names_the_field_a_marker_differs_in(tmp_path):
+    prof = make_profile(tmp_path, "a")
+    fake_warm(prof, server_args={"--tp-size": "8", "--context-length": "4096"})
+    row = {r["kind"]: r for r in status.status(str(prof))}["deepgemm"]
+    assert row["marker"].startswith("differs: server_args: ")
+    assert "--tp-size '8' -> '1'" in row["marker"]
+    assert row["last_warm"] == "2026-01-01T00:00:00+00:00"
