@@ -188,7 +188,8 @@ def test_server_that_ignores_sigterm_is_killed(tmp_path, free_port, wait_for):
     assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
 
 
-def test_sigterm_to_the_warm_cleans_up_the_group(tmp_path, free_port, wait_for):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_the_warm_cleans_up_the_group(tmp_path, free_port, wait_for, sig):
     profile = write_profile(tmp_path, free_port(), "hang")
     log = open(tmp_path / "out.txt", "w+")  # noqa: SIM115 (closed in finally, after the child)
     p = subprocess.Popen(
@@ -198,7 +199,7 @@ def test_sigterm_to_the_warm_cleans_up_the_group(tmp_path, free_port, wait_for):
     try:
         wait_for(lambda: "hanging forever" in (tmp_path / "out.txt").read_text(), timeout=60,
                  what="the stand-in to start")  # fmt: skip
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         assert p.wait(timeout=60) == 130
     finally:
         if p.poll() is None:
