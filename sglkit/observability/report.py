@@ -1,16 +1,535 @@
-"""invoke obs.report / obs.compare (placeholder until the report work lands)."""
+"""invoke obs.report / obs.compare: one page, PNG plots and a JSON summary for a telemetry run.
+
+    invoke obs.report [--run RUN_ID|PATH] [--root R] [--out DIR]
+    invoke obs.compare RUN_A RUN_B [--root R]
+
+The report is built from range queries over the run's span (manifest started_at..ended_at)
+against the run's Prometheus, or, for a stopped run, a temporary Prometheus over a copy of the
+run's TSDB (report_prom.py says why a copy). Output, replaced atomically as a whole folder:
+<run>/report/{index.html, summary.json, <panel>.png}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from sglkit.cli import task
-from sglkit.errors import SglkitError
+from sglkit.errors import ConfigError, SglkitError
+from sglkit.fsutil import atomic_write_json, atomic_write_text
+from sglkit.observability import report_queries as rq
+from sglkit.observability.report_prom import Prom, prometheus_for
+from sglkit.observability.report_stats import series_stats
+
+SUMMARY_SCHEMA = 1
+DEFAULT_SCRAPE_INTERVAL_S = 15.0
+MAX_POINTS = 1000  # per series; Prometheus refuses more than 11,000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+Log = Callable[[str], None]
 
 
-@task
+# ---- finding the run -------------------------------------------------------------------------
+
+
+def _manifest_module():
+    try:
+        from sglkit import manifest
+    except ImportError:  # the observability concern's module has not landed in this tree
+        return None
+    return manifest
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "manifest.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--run: {run_dir} has no manifest.json (not a run folder)") from None
+    except (OSError, ValueError) as e:
+        raise SglkitError(f"{p}: unreadable manifest: {e}") from None
+    if not isinstance(data, dict) or "run_id" not in data:
+        raise SglkitError(f"{p}: not a run manifest (no run_id)")
+    return data
+
+
+def default_root() -> Path:
+    from sglkit.profile import load
+
+    return Path(load(None).telemetry["root"])
+
+
+def latest_run(root: Path) -> Path | None:
+    mod = _manifest_module()
+    if mod is not None and hasattr(mod, "latest_run_dir"):
+        return mod.latest_run_dir(root)
+    link = root / "latest"
+    if link.is_symlink() and (link.resolve() / "manifest.json").is_file():
+        return link.resolve()
+    runs = root / "runs"
+    found = [d for d in runs.iterdir() if (d / "manifest.json").is_file()] if runs.is_dir() else []
+    return max(found, key=lambda d: (d / "manifest.json").stat().st_mtime) if found else None
+
+
+def resolve_run(run: str | None, root: str | None, flag: str = "--run") -> Path:
+    """A run folder from a run id (under <root>/runs), a path to one, or the latest run."""
+    if run:
+        as_path = Path(run).expanduser()
+        if (as_path / "manifest.json").is_file():
+            return as_path.resolve()
+        if "/" in run or run in (".", ".."):
+            raise ConfigError(f"{flag}: {run} is not a run folder (no manifest.json)")
+    root_path = Path(root).expanduser() if root else default_root()
+    if run:
+        d = root_path / "runs" / run
+        if not (d / "manifest.json").is_file():
+            raise ConfigError(f"{flag}: no run {run!r} under {root_path / 'runs'}")
+        return d.resolve()
+    if not root_path.is_dir():
+        raise ConfigError(f"--root: {root_path} does not exist (no telemetry runs there)")
+    found = latest_run(root_path)
+    if found is None:
+        raise ConfigError(f"--root: no run with a manifest.json under {root_path / 'runs'}")
+    return Path(found).resolve()
+
+
+# ---- times -----------------------------------------------------------------------------------
+
+
+def parse_time(value: str, field: str) -> float:
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise SglkitError(f"manifest: {field}: {value!r} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp()
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(value: Any) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(str(value).strip())
+    return float(m.group(1)) * _UNIT_S[m.group(2)] if m else None
+
+
+def scrape_interval(run_dir: Path, manifest: dict[str, Any]) -> float:
+    """The run's scrape interval, from its rendered Prometheus config (else the manifest)."""
+    import yaml
+
+    cfg = (manifest.get("paths") or {}).get("prometheus_config")
+    if cfg:
+        p = Path(cfg) if Path(cfg).is_absolute() else run_dir / cfg
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            glob = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("global") or {}
+            got = parse_duration(glob.get("scrape_interval", ""))
+            if got:
+                return got
+    got = parse_duration(manifest.get("scrape_interval", ""))
+    return got or DEFAULT_SCRAPE_INTERVAL_S
+
+
+def run_span(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, float]:
+    if not manifest.get("started_at"):
+        raise SglkitError(f"{run_dir / 'manifest.json'}: started_at: missing")
+    start = parse_time(manifest["started_at"], "started_at")
+    if manifest.get("ended_at"):
+        end = parse_time(manifest["ended_at"], "ended_at")
+    elif manifest.get("status") in ("stopped", "failed"):
+        end = (run_dir / "manifest.json").stat().st_mtime  # ended without saying when
+    else:
+        end = time.time()
+    if end <= start:
+        raise SglkitError(f"manifest: ended_at ({iso(end)}) is not after started_at")
+    return start, end
+
+
+# ---- building --------------------------------------------------------------------------------
+
+
+def gpu_scheme(manifest: dict[str, Any], names: set[str]) -> str | None:
+    """dcgm | nvitop: whichever naming has data in the run, else the manifest's; else None."""
+    for scheme, n in rq.GPU_SCHEMES.items():
+        if n["util"] in names:
+            return scheme
+    kind = ((manifest.get("services") or {}).get("gpu_exporter") or {}).get("kind")
+    return kind if kind in rq.GPU_SCHEMES else None
+
+
+def sglang_prefix(names: set[str]) -> str:
+    """How SGLang's names were stored: "sglang:" as exported, or "sglang_" (escaped)."""
+    colon = any(n.startswith("sglang:") for n in names)
+    underscore = any(n.startswith("sglang_") for n in names)
+    return "sglang_" if underscore and not colon else "sglang:"
+
+
+def _no_log(_msg: str) -> None:
+    pass
+
+
+def collect(
+    prom: Prom,
+    manifest: dict[str, Any],
+    start: float,
+    end: float,
+    interval: float,
+    log: Log = _no_log,
+) -> dict[str, Any]:
+    """Query every panel and histogram; return plot data and summary numbers (no files)."""
+    span = end - start
+    step = max(interval, span / MAX_POINTS)
+    window = rq.rate_window(interval)
+    names = prom.names(start, end)
+    scheme = gpu_scheme(manifest, names)
+    prefix = sglang_prefix(names)
+    panels_out, metrics = [], {}
+    for panel in rq.panels(scheme or "dcgm", prefix):
+        log(f"querying {panel.title}")
+        plotted, missing = [], []
+        for line in panel.lines:
+            series = prom.query_range(rq.fill(line.expr, window), start, end, step)
+            if not series:
+                missing.extend(line.metrics)
+            for labels, points in sorted(series, key=lambda s: _natural(s[0], line.split_by)):
+                label = line.label.format(labels.get(line.split_by, "?")) if line.split_by else ""
+                plotted.append((label or line.label, points))
+            if not line.summarize:
+                continue
+            if line.summary_expr and series:
+                summary_series = prom.query_range(
+                    rq.fill(line.summary_expr, window), start, end, step
+                )
+            else:
+                summary_series = series
+            values = [v for _, pts in summary_series for _, v in pts]
+            metrics[line.key] = {
+                "title": panel.title,
+                "label": line.label.format("all") if line.split_by else line.label,
+                "unit": panel.unit,
+                "kind": "series",
+                **series_stats(values),
+            }
+        if panel.histogram:
+            metric, _title = rq.HISTOGRAMS[panel.histogram]
+            metric = rq.respell(metric, prefix)
+            metrics[panel.histogram] = histogram_summary(prom, metric, panel, end, span)
+        panels_out.append(
+            {
+                "id": panel.id,
+                "title": panel.title,
+                "unit": panel.unit,
+                "group": panel.group,
+                "lines": plotted,
+                "missing": sorted(set(missing)),
+                "has_data": bool(plotted),
+            }
+        )
+    # end-to-end latency has no panel of its own but belongs in the summary
+    e2e_metric, e2e_title = rq.HISTOGRAMS["e2e_latency_seconds"]
+    metrics["e2e_latency_seconds"] = histogram_summary(
+        prom, rq.respell(e2e_metric, prefix), None, end, span, title=e2e_title
+    )
+    return {
+        "gpu_scheme": scheme,
+        "sglang_prefix": prefix,
+        "step_s": step,
+        "rate_window_s": window,
+        "panels": panels_out,
+        "metrics": metrics,
+    }
+
+
+def histogram_summary(
+    prom: Prom, metric: str, panel: rq.Panel | None, end: float, span: float, title: str = ""
+) -> dict[str, Any]:
+    """Run-wide mean and p50/p90/p99 from the histogram's increase over the whole run."""
+    out: dict[str, Any] = {
+        "title": panel.title if panel else title,
+        "label": "whole run",
+        "unit": "seconds",
+        "kind": "histogram",
+        "metric": metric,
+    }
+    exprs = rq.histogram_exprs(metric, span)
+    count = prom.query(exprs["count"], end)
+    out["count"] = count or 0.0
+    for stat in ("mean", "p50", "p90", "p99"):
+        out[stat] = prom.query(exprs[stat], end) if count else None
+    out["max"] = None  # a histogram does not record its largest observation
+    return out
+
+
+def _natural(labels: dict[str, str], key: str | None) -> tuple:
+    v = labels.get(key, "") if key else ""
+    return (0, int(v), "") if v.isdigit() else (1, 0, v)
+
+
+def build_report(
+    run_dir: Path, out: Path | None = None, log: Log = _no_log, ready_timeout: float = 120.0
+) -> dict[str, Any]:
+    """Query, plot, render and write <out> (default <run>/report) in one atomic swap."""
+    from sglkit.observability.report_render import data_uri, plot_panel, render_html
+
+    manifest = read_manifest(run_dir)
+    out = Path(out) if out else run_dir / "report"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
+    start, end = run_span(run_dir, manifest)
+    interval = scrape_interval(run_dir, manifest)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write under {out.parent}: {e.strerror or e}") from None
+    try:
+        with prometheus_for(run_dir, manifest, progress=log, ready_timeout=ready_timeout) as src:
+            data = collect(src.prom, manifest, start, end, interval, log=log)
+        log("drawing plots")
+        panels = []
+        for p in data["panels"]:
+            png = None
+            if p["has_data"]:
+                png = f"{p['id']}.png"
+                plot_panel(tmp / png, p["title"], p["unit"], p["lines"], start, end - start)
+            panels.append(
+                {k: p[k] for k in ("id", "title", "unit", "group", "has_data", "missing")}
+                | {"png": png, "series": [label for label, _ in p["lines"]]}
+            )
+        summary = {
+            "schema": SUMMARY_SCHEMA,
+            "run_id": manifest["run_id"],
+            "status": manifest.get("status"),
+            "profile": manifest.get("profile"),
+            "started_at": iso(start),
+            "ended_at": iso(end),
+            "span_s": round(end - start, 3),
+            "scrape_interval_s": interval,
+            "step_s": data["step_s"],
+            "rate_window_s": data["rate_window_s"],
+            "gpu_scheme": data["gpu_scheme"],
+            "sglang_prefix": data["sglang_prefix"],
+            "prometheus": {"how": src.how, "detail": src.detail},
+            "generated_at": iso(time.time()),
+            "metrics": data["metrics"],
+            "panels": panels,
+        }
+        atomic_write_json(tmp / "summary.json", summary)
+        log("rendering the page")
+        html = render_html(page_context(summary, manifest, run_dir, tmp, data_uri))
+        atomic_write_text(tmp / "index.html", html)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp`: a reader sees the old report or the new one, never a mix."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    os.chmod(out, 0o755)
+
+
+HEADLINE = (
+    ("request_throughput_rps", "mean"),
+    ("generation_tokens_per_s", "mean"),
+    ("ttft_seconds", "p50"),
+    ("ttft_seconds", "p99"),
+    ("itl_seconds", "p50"),
+    ("itl_seconds", "p99"),
+    ("kv_cache_usage_pct", "max"),
+    ("gpu_util_pct", "mean"),
+    ("host_cpu_busy_pct", "mean"),
+)
+
+
+def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> dict[str, Any]:
+    metrics = summary["metrics"]
+    rows = []
+    for key, m in metrics.items():
+        rows.append(
+            {
+                "key": key,
+                "title": m["title"],
+                "label": m["label"],
+                "unit": m["unit"],
+                "kind": m["kind"],
+                "mean": m.get("mean"),
+                "p50": m.get("p50"),
+                "p90": m.get("p90"),
+                "p99": m.get("p99"),
+                "max": m.get("max"),
+                "n": m.get("count") if m["kind"] == "histogram" else m.get("samples"),
+            }
+        )
+    headline = []
+    for key, stat in HEADLINE:
+        m = metrics.get(key) or {}
+        headline.append(
+            {
+                "title": m.get("title", key),
+                "label": m.get("label", ""),
+                "stat": stat,
+                "value": m.get(stat),
+                "unit": m.get("unit", ""),
+            }
+        )
+    groups = {"serving": "Serving (SGLang)", "gpu": "GPU", "host": "Host"}
+    sections = []
+    for gid, gtitle in groups.items():
+        items = []
+        for p in summary["panels"]:
+            if p["group"] != gid:
+                continue
+            items.append(p | {"img": data_uri(folder / p["png"]) if p["png"] else None})
+        sections.append({"id": gid, "title": gtitle, "panels": items})
+    services = []
+    for name, svc in (manifest.get("services") or {}).items():
+        svc = svc or {}
+        services.append(
+            {"name": name, "status": svc.get("status", "?"), "url": svc.get("url") or ""}
+        )
+    profile = summary.get("profile") or {}
+    return {
+        "s": summary,
+        "run_dir": str(run_dir),
+        "profile_name": profile.get("name", "?") if isinstance(profile, dict) else str(profile),
+        "span": _human_span(summary["span_s"]),
+        "headline": headline,
+        "rows": rows,
+        "sections": sections,
+        "services": services,
+        "reasons": manifest.get("reasons") or [],
+        "empty": sum(1 for p in summary["panels"] if not p["has_data"]),
+        "gpu_names": rq.GPU_SCHEMES.get(summary["gpu_scheme"] or "", {}),
+    }
+
+
+def _human_span(s: float) -> str:
+    s = round(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+# ---- compare ---------------------------------------------------------------------------------
+
+
+def load_summary(ref: str, root: str | None, flag: str) -> dict[str, Any]:
+    p = Path(ref).expanduser()
+    if p.is_file():
+        path = p
+    else:
+        path = resolve_run(ref, root, flag=flag) / "report" / "summary.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"{flag}: run {ref} has no report/summary.json; build it with "
+                f"`invoke obs.report --run {ref}`"
+            )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{flag}: {path}: unreadable summary: {e}") from None
+    if not isinstance(data, dict) or "metrics" not in data:
+        raise ConfigError(f"{flag}: {path}: not an obs.report summary (no metrics)")
+    return data
+
+
+def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sglkit.observability.report_stats import compare_rows, fmt
+
+    console = console or Console()
+    rows = compare_rows(a, b)
+    table = Table(
+        title=f"A = {a.get('run_id')}   B = {b.get('run_id')}",
+        title_justify="left",
+    )
+    for col, just in (
+        ("metric", "left"),
+        ("unit", "left"),
+        ("stat", "left"),
+        ("A", "right"),
+        ("B", "right"),
+        ("B - A", "right"),
+        ("change", "right"),
+    ):
+        table.add_column(col, justify=just)
+    for r in rows:
+        pct = "-" if r["pct"] is None else f"{r['pct']:+.1f}%"
+        delta = "-" if r["delta"] is None else ("+" if r["delta"] > 0 else "") + fmt(r["delta"])
+        table.add_row(r["metric"], r["unit"], r["stat"], fmt(r["a"]), fmt(r["b"]), delta, pct)
+    console.print(table)
+    return rows
+
+
+# ---- tasks -----------------------------------------------------------------------------------
+
+
+@task(
+    help={
+        "run": "run id under <root>/runs, or a run folder (default: the latest run)",
+        "root": "telemetry root (default: the profile's telemetry.root)",
+        "out": "output folder (default: <run>/report; replaced as a whole)",
+    }
+)
 def report(c, run=None, root=None, out=None):
-    """Build plots, an HTML page and a JSON summary for one run."""
-    raise SglkitError("obs.report is not built yet")
+    """Build PNG plots, one self-contained HTML page and summary.json for a run."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    run_dir = resolve_run(run, root)
+    with console.status(f"report for {run_dir.name}") as status:
+
+        def log(msg: str) -> None:
+            status.update(f"report for {run_dir.name}: {msg}")
+
+        summary = build_report(run_dir, Path(out) if out else None, log=log)
+    folder = Path(out) if out else run_dir / "report"
+    empty = [p["title"] for p in summary["panels"] if not p["has_data"]]
+    console.print(
+        f"report: {folder / 'index.html'} ({len(summary['panels']) - len(empty)} panels with "
+        f"data, {len(empty)} without; data from {summary['prometheus']['how']} Prometheus)"
+    )
+    print(folder / "index.html")
 
 
-@task
-def compare(c, run_a, run_b):
-    """Print the differences between two runs' summaries."""
-    raise SglkitError("obs.compare is not built yet")
+@task(
+    help={
+        "run_a": "run id, run folder or summary.json (the baseline)",
+        "run_b": "run id, run folder or summary.json",
+        "root": "telemetry root (default: the profile's telemetry.root)",
+    }
+)
+def compare(c, run_a, run_b, root=None):
+    """Print a table of differences between two runs' report summaries (B against A)."""
+    a = load_summary(run_a, root, "RUN_A")
+    b = load_summary(run_b, root, "RUN_B")
+    print_compare(a, b)
