@@ -319,7 +319,7 @@ class Bench:
         del g
         return statistics.median(times)
 
-    def check(self, config: dict, M: int) -> float:
+    def check(self, config: dict, M: int, *, mirror_quant: bool = False) -> float:
         """Relative error of one layer against the float32 reference, fresh random inputs."""
         cfg = mk.kernel_config(config)
         r, _ = self.runner(M, cfg["BLOCK_SIZE_M"])
@@ -330,7 +330,8 @@ class Bench:
         r.out.fill_(float("nan"))  # poison: every element must be written
         out = r.forward(cfg).clone()
         torch.cuda.synchronize()
-        return mk.rel_error(out, mk.reference(self.dims, self.w, x, w, ids))
+        ref = mk.reference(self.dims, self.w, x, w, ids, mirror_quant=mirror_quant)
+        return mk.rel_error(out, ref)
 
 
 def make_measure(
@@ -371,11 +372,21 @@ def make_measure(
 _CHECK_BENCH: dict[MoEDims, Bench] = {}
 
 
-def reference_check(shape: Any, dtype: str | None, config: dict, M: int, block_shape=None) -> float:
+def reference_check(
+    shape: Any,
+    dtype: str | None,
+    config: dict,
+    M: int,
+    block_shape=None,
+    *,
+    mirror_quant: bool = False,
+) -> float:
     """Relative error (||out - ref|| / ||ref||) of SGLang's kernel with `config` at batch M
-    against the float32 torch reference, on fresh random weights and inputs."""
+    against the float32 torch reference, on fresh random weights and inputs. Measured on
+    H200 (SGLang 0.5.23): about 4e-3 for bf16, 4e-2 for fp8 (activation quantization; with
+    mirror_quant=True the reference quantizes the same way and the fp8 error drops)."""
     d = dims_from(shape, dtype, block_shape)
     if d not in _CHECK_BENCH:
         _CHECK_BENCH.clear()
         _CHECK_BENCH[d] = Bench(d, sets=1, seed=7)
-    return _CHECK_BENCH[d].check(config, M)
+    return _CHECK_BENCH[d].check(config, M, mirror_quant=mirror_quant)

@@ -329,24 +329,43 @@ class MoERunner:
 
 
 def reference(
-    dims: MoEDims, w: Weights, hidden: torch.Tensor, topk_w: torch.Tensor, topk_ids: torch.Tensor
+    dims: MoEDims,
+    w: Weights,
+    hidden: torch.Tensor,
+    topk_w: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    mirror_quant: bool = False,
 ) -> torch.Tensor:
     """float32 MoE layer: sum_j topk_w[t, j] * W2_e (silu(G_e x) * U_e x), e = topk_ids[t, j].
 
-    fp8 weights are dequantized with their block scales; activations stay float32 (the
-    kernel's per-token-group activation quantization is part of the error we measure)."""
+    fp8 weights are dequantized with their block scales. By default activations stay float32
+    (the kernel's activation quantization is then part of the error). With mirror_quant the
+    reference rounds where the kernel does (gate/up output to bf16, fp8 per-token-group
+    quantization of both GEMM inputs), so what remains is the kernel's own error."""
     N, K = dims.N, dims.K
-    x = hidden.float()
+    mirror = mirror_quant and dims.fp8
+    x = _fake_quant(hidden, dims) if mirror else hidden.float()
     out = torch.zeros(x.shape[0], K, device=x.device, dtype=torch.float32)
     for e in torch.unique(topk_ids).tolist():
         tok, slot = (topk_ids == e).nonzero(as_tuple=True)
         w1 = _dequant(w.w1[e], w.w1_scale[e] if w.w1_scale is not None else None, dims)
         w2 = _dequant(w.w2[e], w.w2_scale[e] if w.w2_scale is not None else None, dims)
         h = x[tok] @ w1.t()
+        if mirror_quant:
+            h = h.to(torch.bfloat16).float()
         a = torch.nn.functional.silu(h[:, :N]) * h[:, N:]
+        if mirror:
+            a = _fake_quant(a.to(torch.bfloat16), dims)
         y = (a @ w2.t()) * topk_w[tok, slot].unsqueeze(1)
         out.index_add_(0, tok, y)
     return out
+
+
+def _fake_quant(x: torch.Tensor, dims: MoEDims) -> torch.Tensor:
+    g = dims.block_shape[1]
+    q, s = quant_per_token_group(x, g)
+    return (q.float().view(x.shape[0], -1, g) * s.unsqueeze(-1)).view(x.shape)
 
 
 def _dequant(wt: torch.Tensor, scale: torch.Tensor | None, dims: MoEDims) -> torch.Tensor:
