@@ -1,5 +1,441 @@
-"""invoke kernels.*"""
+"""invoke kernels.*: name, check, validate, migrate, tune."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
 
 from invoke import Collection
 
-ns = Collection("kernels")
+from sglkit import profile as profiles
+from sglkit.cli import task
+from sglkit.errors import ConfigError, SglkitError
+from sglkit.kernels import names, store
+from sglkit.kernels.shapes import MoEShape, moe_shape
+
+PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
+DEFAULT_BATCH_SIZES = [
+    1,
+    2,
+    4,
+    8,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    256,
+    512,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+]
+
+
+def _int(value: Any, flag: str, minimum: int = 1) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: expected an integer, got {value!r}") from None
+    if v < minimum:
+        raise ConfigError(f"{flag}: must be >= {minimum} (got {v})")
+    return v
+
+
+def parse_batch_sizes(text: str | None) -> list[int]:
+    if not text:
+        return list(DEFAULT_BATCH_SIZES)
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            raise ConfigError(f"--batch-sizes: empty entry in {text!r}")
+        out.append(_int(part, "--batch-sizes"))
+    return sorted(set(out))
+
+
+def profile_shape(p: profiles.Profile, dtype: str | None = None) -> MoEShape:
+    cfg = p.model_config_path()
+    if cfg is None:
+        raise ConfigError(f"{p.path}: model.config: needed to derive the MoE shape")
+    return moe_shape(cfg, tp=p.server["tp"], ep=p.server["ep"], dtype=dtype)
+
+
+def _name_for(shape: MoEShape, device: str, down: bool, version: str | None) -> str:
+    return names.config_file_name(
+        shape.E,
+        shape.N,
+        device,
+        shape.dtype,
+        shape.block_shape,
+        shape.per_channel_quant,
+        down,
+        sglang_version=version,
+    )
+
+
+@task(
+    help={
+        "model": "model folder or its config.json",
+        "tp": "tensor-parallel size",
+        "ep": "expert-parallel size (default 1)",
+        "dtype": "fp8_w8a8|int8_w8a8|int8_w8a16|int4_w4a16|bf16 (default: quantization_config)",
+        "per_channel_quant": "per-channel quantized weights",
+        "down": "the separately tuned down-projection file",
+        "device_name": "GPU name as torch reports it (default: ask the GPU)",
+        "sglang_version": "naming rule of this SGLang version (default: installed, else newest)",
+        "verbose": "explain the shape and the rule on stderr",
+    }
+)
+def name(
+    c,
+    model,
+    tp,
+    ep=1,
+    dtype=None,
+    per_channel_quant=False,
+    down=False,
+    device_name=None,
+    sglang_version=None,
+    verbose=False,
+):
+    """Print the config file name SGLang looks up (stdout: the name only)."""
+    shape = moe_shape(
+        model,
+        tp=_int(tp, "--tp"),
+        ep=_int(ep, "--ep"),
+        dtype=dtype,
+        per_channel_quant=True if per_channel_quant else None,
+    )
+    rule = names.rule_for(sglang_version)
+    device = names.device_name(device_name)
+    out = _name_for(shape, device, down, rule.version)
+    if verbose:
+        err = sys.stderr
+        print(
+            f"# {shape.architecture}: E={shape.E} N={shape.N} K={shape.K} topk={shape.topk} "
+            f"dtype={shape.dtype or 'bf16/fp16 (not in the name)'} block_shape="
+            f"{list(shape.block_shape) if shape.block_shape else None} tp={shape.tp} ep={shape.ep}"
+            + (" (+1 fused shared expert)" if shape.shared_expert_fused else ""),
+            file=err,
+        )
+        print(f"# rule: {rule.explain()}", file=err)
+        for n in shape.notes:
+            print(f"# note: {n}", file=err)
+    print(out)
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "device_name": "GPU name (default: ask the GPU)",
+        "triton_version": "Triton version SGLang runs with (default: installed)",
+        "sglang_version": "SGLang version (default: installed, else newest read)",
+        "json": "one JSON object on stdout",
+    }
+)
+def check(c, profile=None, device_name=None, triton_version=None, sglang_version=None, json_=False):
+    """Which file SGLang loads for this profile, GPU and Triton; fallback; batch sizes covered."""
+    p = profiles.load(profile)
+    shape = profile_shape(p)
+    rule = names.rule_for(sglang_version)
+    device = names.device_name(device_name)
+    triton_v = triton_version or names.installed_triton_version()
+    if not triton_v:
+        raise SglkitError("--triton-version: Triton is not installed here; give --triton-version")
+    store_root = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
+    report = []
+    kinds = [False] + ([True] if rule.down_lookup else [])
+    for down in kinds:
+        n = _name_for(shape, device, down, rule.version)
+        lk = store.lookup(n, triton_v, rule, store_root)
+        report.append(
+            {
+                "file": n,
+                "down": down,
+                "expected_path": str(lk.expected),
+                "status": lk.status,
+                "loads": str(lk.path) if lk.path else None,
+                "warning": lk.warning,
+                "batch_sizes": lk.batch_sizes,
+            }
+        )
+    if json_:
+        print(
+            json.dumps(
+                {"profile": p.name, "sglang": rule.version, "triton": triton_v, "files": report},
+                indent=2,
+            )
+        )
+        return
+    print(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
+    print(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={store_root}")
+    for r in report:
+        label = "down projection" if r["down"] else "gate/up (and down)"
+        print(f"{label}: {r['file']}")
+        print(
+            f"  status: {r['status']}"
+            + (f" -> {r['loads']}" if r["loads"] and r["status"] != "found" else "")
+        )
+        if r["warning"]:
+            print(f"  SGLang logs: {r['warning']}")
+        if r["batch_sizes"]:
+            print(f"  batch sizes: {', '.join(str(b) for b in r['batch_sizes'])}")
+
+
+@task(help={"store": "store folder holding configs/ (default: the kit's kernels/)"})
+def validate(c, store_=None):
+    """Check every store file: integer keys, the six required fields, sane values."""
+    root = Path(store_) if store_ else store.root()
+    count, problems = store.validate(root)
+    for msg in problems:
+        print(msg)
+    if problems:
+        raise SglkitError(f"{len(problems)} problem(s) in {count} file(s) under {root / 'configs'}")
+    print(f"ok: {count} file(s) under {root / 'configs'}")
+
+
+@task(help={"store": "store folder (default: kernels/)", "dry_run": "print the renames only"})
+def migrate(c, store_=None, dry_run=False):
+    """Rename files of the old fork's scheme (,per_channel_quant=1) to SGLang's current names."""
+    root = Path(store_) if store_ else store.root()
+    plan = store.migrate(root, dry_run=dry_run)
+    for old, new in plan:
+        verb = "would rename" if dry_run else "renamed"
+        print(f"{verb}: {old.parent.name}/{old.name} -> {new.name}")
+    if not plan:
+        print("nothing to migrate")
+
+
+# ---- tune ---------------------------------------------------------------------------------------
+
+
+def state_path_for(p: profiles.Profile, file_name: str, triton_v: str) -> Path:
+    return (
+        p.cache_root()
+        / "kernels-tune"
+        / names.triton_dir_name(triton_v)
+        / (file_name + ".state.json")
+    )
+
+
+def gpu_measure(shape: MoEShape, down: bool = False):
+    """measure(config, M) on this process's GPU (built lazily: imports torch and SGLang)."""
+    from sglkit.kernels import bench
+
+    m = bench.make_measure(shape, shape.dtype, shape.block_shape)
+    return m
+
+
+class MeasureFactory:
+    """Picklable: builds the GPU measure on a Ray worker (once per worker process)."""
+
+    _cache: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, shape: MoEShape):
+        self.shape = shape
+
+    def __call__(self):
+        key = json.dumps(self.shape.to_dict(), sort_keys=True)
+        if key not in MeasureFactory._cache:
+            MeasureFactory._cache[key] = gpu_measure(self.shape)
+        return MeasureFactory._cache[key]
+
+
+def _require_local_gpu() -> None:
+    try:
+        import torch
+    except ImportError:
+        raise SglkitError("kernels.tune: torch is not installed; tuning needs a CUDA GPU") from None
+    if not torch.cuda.is_available():
+        raise SglkitError("kernels.tune: no CUDA GPU here (torch.cuda.is_available() is False)")
+
+
+def _progress_printer(total: int):
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    done = {"n": 0}
+
+    def progress(event: str, info: dict[str, Any]) -> None:
+        if event == "done":
+            done["n"] += 1
+            r = info["result"]
+            sp = f"{r.speedup:.2f}x" if r.speedup else "n/a"
+            console.print(
+                f"[{done['n']}/{total}] M={r.M}: {r.time * 1e6:.1f} us (default "
+                f"{(r.default_time or float('nan')) * 1e6:.1f} us, {sp}), "
+                f"{r.evaluations}/{r.candidates} configs, {r.seconds:.0f} s"
+            )
+        elif event == "skip":
+            done["n"] += 1
+            console.print(f"[{done['n']}/{total}] M={info['M']}: done in an earlier run (--resume)")
+        elif event == "start":
+            console.print(f"M={info['M']}: searching {info['candidates']} candidates", style="dim")
+
+    return progress
+
+
+def report_rows(results, shape: MoEShape, copy_bw: float | None) -> list[dict[str, Any]]:
+    rows = []
+    for M, r in sorted(results.items()):
+        row = {
+            "M": M,
+            "default_us": None if r.default_time is None else r.default_time * 1e6,
+            "tuned_us": r.time * 1e6,
+            "speedup": r.speedup,
+            "configs_measured": r.evaluations,
+            "candidates": r.candidates,
+            "seconds": r.seconds,
+            "config": r.config,
+        }
+        try:
+            from sglkit.kernels import bench, moe_kernel
+
+            nbytes = bench.weight_bytes(moe_kernel.dims_from(shape), M)
+            row["weight_GBps"] = nbytes / r.time / 1e9
+            row["copy_fraction"] = (nbytes / r.time) / copy_bw if copy_bw else None
+        except Exception:
+            pass
+        rows.append(row)
+    return rows
+
+
+def report_markdown(
+    title: str, rows: list[dict[str, Any]], copy_bw: float | None, wall: float
+) -> str:
+    lines = [f"# {title}", ""]
+    if copy_bw:
+        lines.append(f"copy bandwidth measured in the same run: {copy_bw / 1e9:.0f} GB/s")
+    lines.append(f"tuning wall time: {wall:.0f} s")
+    lines += [
+        "",
+        "| M | default us | tuned us | speedup | weights GB/s | of copy bw | configs measured |",
+    ]
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+
+        def f(v, fmt):
+            return "" if v is None else format(v, fmt)
+
+        lines.append(
+            f"| {r['M']} | {f(r['default_us'], '.1f')} | {f(r['tuned_us'], '.1f')} | "
+            f"{f(r['speedup'], '.2f')} | {f(r.get('weight_GBps'), '.0f')} | "
+            f"{f(r.get('copy_fraction'), '.0%')} | {r['configs_measured']}/{r['candidates']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "batch_sizes": "comma-separated batch sizes (default: SGLang's 18, 1..4096)",
+        "budget": "most configs measured per batch size (default: 12%% of the candidates, >= 24)",
+        "resume": "continue an interrupted run from its state file",
+        "dtype": "override the model's dtype (fp8_w8a8, bf16, ...)",
+        "down": "tune the down projection separately (needs bench support)",
+        "device_name": "GPU name for the file name (default: ask the GPU)",
+        "ray": "run on a Ray cluster: 'auto', an address, or 'local'; each batch size on one GPU",
+    }
+)
+def tune(
+    c,
+    profile=None,
+    batch_sizes=None,
+    budget=None,
+    resume=False,
+    dtype=None,
+    down=False,
+    device_name=None,
+    ray=None,
+):
+    """Tune the fused-MoE kernel for the profile's model; write the best configs to the store."""
+    from sglkit.kernels import search
+    from sglkit.kernels import space as sp
+
+    p = profiles.load(profile)
+    shape = profile_shape(p, dtype)
+    bs = parse_batch_sizes(batch_sizes)
+    budget_n = _int(budget, "--budget") if budget is not None else None
+    if down:
+        raise ConfigError(
+            "--down: sglkit.kernels.bench times both GEMMs together; no down-only bench yet"
+        )
+    if ray is None:
+        _require_local_gpu()
+    triton_v = names.installed_triton_version()
+    if not triton_v:
+        raise SglkitError("kernels.tune: Triton is not installed; it names the store folder")
+    rule = names.rule_for(None)
+    device = names.device_name(device_name)
+    file_name = _name_for(shape, device, False, rule.version)
+    out_path = store.file_path(file_name, triton_v, store.root())
+    state_path = state_path_for(p, file_name, triton_v)
+    identity = {"file": file_name, "triton": triton_v, "shape": shape.to_dict(), "batch_sizes": bs}
+
+    def space_at(M: int):
+        return sp.prune(sp.full_space(), shape, M=M).kept
+
+    def default_at(M: int):
+        from sglkit.kernels import bench
+
+        return bench.default_config(shape, M, shape.dtype, shape.block_shape)
+
+    progress = _progress_printer(len(bs))
+    print(f"tuning {file_name} (Triton {triton_v}); state: {state_path}", file=sys.stderr)
+    t0 = time.monotonic()
+    if ray is not None:
+        from sglkit.kernels import ray_tune
+
+        results = ray_tune.tune(
+            bs,
+            space_at,
+            MeasureFactory(shape),
+            state_path=state_path,
+            budget=budget_n,
+            resume=resume,
+            progress=progress,
+            default_config=default_at,
+            identity=identity,
+            address=ray,
+        )
+    else:
+        results = search.tune(
+            bs,
+            space_at,
+            gpu_measure(shape),
+            state_path=state_path,
+            budget=budget_n,
+            resume=resume,
+            progress=progress,
+            default_config=default_at,
+            identity=identity,
+        )
+    wall = time.monotonic() - t0
+    store.write_configs(out_path, search.configs_json(results))
+    copy_bw = None
+    if ray is None:
+        try:
+            from sglkit.kernels import bench
+
+            copy_bw = bench.copy_bandwidth()
+        except Exception:
+            copy_bw = None
+    rows = report_rows(results, shape, copy_bw)
+    md = report_markdown(f"{file_name} (Triton {triton_v})", rows, copy_bw, wall)
+    report_path = state_path.with_name(file_name + ".report.md")
+    from sglkit.fsutil import atomic_write_text
+
+    atomic_write_text(report_path, md)
+    print(md)
+    print(f"wrote {out_path}\nreport: {report_path}", file=sys.stderr)
+
+
+ns = Collection("kernels", name, check, validate, migrate, tune)
