@@ -33,6 +33,7 @@ GPU_VARIANTS = ("gh200", "hopper-x86")
 # checksum file published with its release.
 RELEASE_VERSIONS = {"prometheus": "2.53.3", "node_exporter": "1.9.1", "jaeger": "1.65.0"}
 UV_VERSION = "0.13.9"
+SETUPTOOLS_VERSION = "84.2.1"  # the kit installs without build isolation
 
 COMMON_APT = [
     "ca-certificates",
@@ -107,6 +108,7 @@ def dockerfile(variant: str, base_image: str | None = None) -> str:
             arch=arch,
             base_image=base_image or BASE_IMAGE,
             uv_version=UV_VERSION,
+            setuptools_version=SETUPTOOLS_VERSION,
             versions=RELEASE_VERSIONS,
             apt_packages=COMMON_APT if gpu else [*COMMON_APT, *CPU_APT],
             mounts=list(MOUNT_POINTS.values()),
