@@ -94,13 +94,13 @@ def context(
     }
 
 
-def promtool_check(config_file: str | os.PathLike, timeout: float = 30.0) -> str:
-    """Run `promtool check config FILE`; SglkitError with promtool's words when it fails."""
+def promtool_check(*config_files: str | os.PathLike, timeout: float = 60.0) -> str:
+    """Run `promtool check config FILE...`; SglkitError with promtool's words when one fails."""
     promtool = shutil.which("promtool")
     if not promtool:
         raise SglkitError("promtool: not on PATH (apt-get install prometheus)")
     r = subprocess.run(
-        [promtool, "check", "config", str(config_file)],
+        [promtool, "check", "config", *map(str, config_files)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -109,5 +109,6 @@ def promtool_check(config_file: str | os.PathLike, timeout: float = 30.0) -> str
     out = (r.stdout + r.stderr).strip()
     if r.returncode != 0:
         last = [ln for ln in out.splitlines() if ln.strip()][-1:] or ["(no output)"]
-        raise SglkitError(f"{config_file}: promtool check config failed: {last[0]}")
+        where = ", ".join(map(str, config_files))
+        raise SglkitError(f"{where}: promtool check config failed: {last[0]}")
     return out
