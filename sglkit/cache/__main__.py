@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--grace", type=float, default=10.0)
     d.add_argument("--force", action="store_true")
     d.add_argument("--lock-timeout", type=float, default=0.0)
+    d.add_argument("--dry-run", action="store_true")
     s = sub.add_parser("status", help="cache folders, sizes, markers")
     s.add_argument("--profile")
     e = sub.add_parser("export", help="pack the warmed DeepGEMM cache")
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             timeout=args.timeout,
         )
+        if args.dry_run:
+            print(json.dumps(deepgemm.describe(pl), indent=2))
+            return 0
         deepgemm.warm(pl, force=args.force, lock_timeout=args.lock_timeout, grace=args.grace)
     elif args.command == "status":
         print(json.dumps(status.status(args.profile), indent=2))

@@ -278,6 +278,21 @@ def marker_matches(folder: Path, fp: fingerprint.Fingerprint) -> tuple[dict | No
     return marker, fingerprint.differences(stored, fp)
 
 
+def describe(pl: Plan) -> dict[str, Any]:
+    """What a warm would run and compare, without running it (--dry-run)."""
+    fp = fingerprint.compute(pl.profile, pl.serve_argv)
+    marker, diff = marker_matches(pl.folder, fp)
+    return {
+        "argv": pl.argv,
+        "command": shlex.join(pl.argv),
+        "env": {k: pl.env[k] for k in sorted(pl.env)},
+        "folder": str(pl.folder),
+        "url": pl.url,
+        "fingerprint": fp.to_json(),
+        "marker": "none" if marker is None else ("matches" if not diff else f"differs: {diff[0]}"),
+    }
+
+
 def warm(
     pl: Plan,
     *,

@@ -28,6 +28,7 @@ PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PR
         "grace": "seconds between TERM and KILL when stopping the server (default 10)",
         "force": "warm again even when the completion marker matches",
         "lock-timeout": "seconds to wait for another warm of the same folder (default 0: fail)",
+        "dry-run": "print the argv, environment, folder and fingerprint as JSON; run nothing",
     }
 )
 def deepgemm_(
@@ -41,6 +42,7 @@ def deepgemm_(
     grace=10.0,
     force=False,
     lock_timeout=0.0,
+    dry_run=False,
 ):
     """Warm the DeepGEMM cache: run the server with the profile's argv and one warm-up request."""
     pl = deepgemm.plan(
@@ -51,6 +53,9 @@ def deepgemm_(
         port=_number(port, "--port", int),
         timeout=_number(timeout, "--timeout", float),
     )
+    if dry_run:
+        print(json.dumps(deepgemm.describe(pl), indent=2))
+        return
     deepgemm.warm(
         pl,
         force=force,

@@ -176,3 +176,12 @@ def test_folder_stats_skip_the_marker(tmp_path):
     size, files, newest = store.folder_stats(tmp_path)
     assert (size, files) == (10, 1) and newest is not None
     assert store.human_bytes(10) == "10 B" and store.human_bytes(3 * 1024**2) == "3.0 MiB"
+
+
+def test_describe_is_what_warm_would_run(cpu_dev):
+    pl = deepgemm.plan(cpu_dev)
+    d = deepgemm.describe(pl)
+    assert d["argv"] == pl.argv and d["folder"] == str(pl.folder)
+    assert d["marker"] == "none"
+    assert d["fingerprint"]["fields"]["server_args"]["--chunked-prefill-size"] == "2048"
+    assert not pl.folder.exists()  # a dry run creates nothing
