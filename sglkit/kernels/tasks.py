@@ -334,6 +334,7 @@ def report_markdown(
 
 
 @task(
+    optional=["ray"],
     help={
         "profile": PROFILE_HELP,
         "batch_sizes": "comma-separated batch sizes (default: SGLang's 18, 1..4096)",
@@ -342,8 +343,8 @@ def report_markdown(
         "dtype": "override the model's dtype (fp8_w8a8, bf16, ...)",
         "down": "tune the down projection separately (needs bench support)",
         "device_name": "GPU name for the file name (default: ask the GPU)",
-        "ray": "run on a Ray cluster: 'auto', an address, or 'local'; each batch size on one GPU",
-    }
+        "ray": "run on Ray: --ray (RAY_ADDRESS or a local cluster) or --ray=ADDRESS; one GPU/task",
+    },
 )
 def tune(
     c,
@@ -404,7 +405,7 @@ def tune(
             progress=progress,
             default_config=default_at,
             identity=identity,
-            address=ray,
+            address=None if ray is True else ray,
         )
     else:
         results = search.tune(

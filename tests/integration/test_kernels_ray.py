@@ -1,0 +1,152 @@
+"""The Ray path of the tuner on a real local Ray cluster with CPU-only workers.
+
+The measure is the deterministic synthetic cost of tests/unit/test_kernels_search.py (no GPU
+here); the workers import it by module path. One cluster is shared by the module: Ray takes
+10-20 s to start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install '.[ray]')")
+
+from sglkit.errors import SglkitError  # noqa: E402
+from sglkit.kernels import ray_tune  # noqa: E402
+from sglkit.kernels import search as se  # noqa: E402
+from tests.unit.test_kernels_search import Cost, candidates, default  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # pytest imports this file under a name workers cannot import: ship its classes by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=80 * 1024 * 1024,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+class CostFactory:
+    """Runs on a worker: records each shard start, and can stall one shard until it is killed."""
+
+    def __init__(self, marks: Path, victim: int | None = None):
+        self.marks, self.victim = marks, victim
+
+    def __call__(self):
+        cost = Cost()
+        marks, victim = self.marks, self.victim
+
+        def measure(cfg, M):
+            first = not (marks / f"started-{M}-{os.getpid()}").exists()
+            if first:
+                (marks / f"started-{M}-{os.getpid()}").touch()
+            if victim == M and not (marks / "victim.pid").exists():
+                (marks / "victim.pid").write_text(str(os.getpid()))
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:  # the test kills this worker meanwhile
+                    time.sleep(0.2)
+            return cost(cfg, M)
+
+        return measure
+
+
+def serial(tmp_path: Path) -> dict[int, se.Result]:
+    return se.tune(
+        BATCH_SIZES, candidates, Cost(), state_path=tmp_path / "serial.json", default_config=default
+    )
+
+
+def test_ray_run_equals_the_one_worker_run_and_streams_into_the_state(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    state = tmp_path / "ray.json"
+    events = []
+    res = ray_tune.tune(
+        BATCH_SIZES,
+        candidates,
+        CostFactory(marks),
+        state_path=state,
+        default_config=default,
+        gpus_per_task=0,
+        cpus_per_task=1,
+        progress=lambda ev, info: events.append((ev, info["M"])),
+    )
+    ref = serial(tmp_path)
+    assert {m: r.config for m, r in res.items()} == {m: r.config for m, r in ref.items()}
+    assert {m: r.time for m, r in res.items()} == {m: r.time for m, r in ref.items()}
+    assert sorted(m for ev, m in events if ev == "done") == BATCH_SIZES
+    # the shards ran in worker processes, not in this one
+    pids = {p.name.rsplit("-", 1)[1] for p in marks.glob("started-*")}
+    assert pids and str(os.getpid()) not in pids
+    # the state is the serial tuner's: resuming it serially measures nothing
+    cost = Cost()
+    again = se.tune(
+        BATCH_SIZES, candidates, cost, state_path=state, resume=True, default_config=default
+    )
+    assert cost.calls == [] and {m: r.config for m, r in again.items()} == {
+        m: r.config for m, r in ref.items()
+    }
+
+
+def test_a_killed_worker_loses_only_its_shard(cluster, tmp_path, wait_for):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    victim = 256  # in the second wave, so the first wave's results are in the state by then
+    killed = {}
+
+    def killer():
+        pid = int(
+            wait_for(
+                lambda: (marks / "victim.pid").exists() and (marks / "victim.pid").read_text(),
+                timeout=120,
+                what="the victim shard to start",
+            )
+        )
+        killed["pid"] = pid
+        os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = ray_tune.tune(
+        BATCH_SIZES,
+        candidates,
+        CostFactory(marks, victim=victim),
+        state_path=tmp_path / "ray.json",
+        default_config=default,
+        gpus_per_task=0,
+        cpus_per_task=1,
+    )
+    t.join(timeout=5)
+    assert killed, "the victim worker was never killed"
+    started_victim = sorted(p.name for p in marks.glob(f"started-{victim}-*"))
+    assert len(started_victim) == 2, started_victim  # the shard ran again, in a new worker
+    assert f"started-{victim}-{killed['pid']}" in started_victim
+    ref = serial(tmp_path)
+    assert {m: r.config for m, r in res.items()} == {m: r.config for m, r in ref.items()}
+    # other shards ran once each
+    for M in BATCH_SIZES:
+        if victim != M:
+            assert len(list(marks.glob(f"started-{M}-*"))) == 1, M
+
+
+def test_asking_for_gpus_on_a_cpu_cluster_is_one_line(cluster, tmp_path):
+    with pytest.raises(SglkitError, match="no GPU"):
+        ray_tune.tune([1], candidates, CostFactory(tmp_path), state_path=tmp_path / "s.json")
