@@ -357,13 +357,18 @@ def warm(
 def _run_child(pl: Plan, rep: Reporter, log_path: Path, grace: float) -> None:
     rep.set_phase("starting the server")
     rep.say(f"argv: {shlex.join(pl.argv)}")
-    proc = spawn(
-        pl.argv,
-        env={**os.environ, **pl.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        die_with_parent=True,
-    )
+    try:
+        proc = spawn(
+            pl.argv,
+            env={**os.environ, **pl.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            die_with_parent=True,
+        )
+    except OSError as e:
+        raise ConfigError(
+            f"server.launcher: cannot start {pl.argv[0]!r} ({e.strerror or type(e).__name__})"
+        ) from None
     rep.say(f"server pid {proc.pid} (process group {proc.pid}); full log {log_path}")
     out = _Output(proc.stdout, log_path, rep)
     out.start()

@@ -290,3 +290,27 @@ def test_two_concurrent_warms_of_one_folder(tmp_path, free_port, wait_for):
             a.kill()
         out_a.close()
     assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
+
+
+def test_launcher_that_does_not_exist_is_one_line(tmp_path, free_port):
+    profile = write_profile(tmp_path, free_port())
+    rc, out, _ = warm(tmp_path, profile, "--launcher", "/nonexistent/sglang-launcher")
+    assert rc == 2, out
+    assert "server.launcher: cannot start '/nonexistent/sglang-launcher'" in out
+    assert "Traceback" not in out
+
+
+def test_port_in_use_refuses_and_keeps_the_marker(tmp_path, free_port, wait_for):
+    import socket
+
+    port = free_port()
+    profile = write_profile(tmp_path, port)
+    assert warm(tmp_path, profile)[0] == 0
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the first server's TIME_WAIT
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        rc, out, _ = warm(tmp_path, profile, "--force")
+    assert rc == 1, out
+    assert f"server.port: 127.0.0.1:{port} is already in use" in out
+    assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
