@@ -28,7 +28,7 @@ from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_json, atomic_write_text
 from sglkit.observability import report_queries as rq
 from sglkit.observability.report_prom import Prom, prometheus_for
-from sglkit.observability.report_stats import series_stats
+from sglkit.observability.report_stats import STATS, series_stats
 
 SUMMARY_SCHEMA = 1
 DEFAULT_SCRAPE_INTERVAL_S = 15.0
@@ -199,9 +199,10 @@ def collect(
     panels_out, metrics = [], {}
     for panel in rq.panels(scheme or "dcgm", prefix):
         log(f"querying {panel.title}")
-        plotted, missing = [], []
+        plotted, missing, queries, keys = [], [], [], []
         for line in panel.lines:
-            series = prom.query_range(rq.fill(line.expr, window), start, end, step)
+            queries.append(rq.fill(line.expr, window))
+            series = prom.query_range(queries[-1], start, end, step)
             if not series:
                 missing.extend(line.metrics)
             for labels, points in sorted(series, key=lambda s: _natural(s[0], line.split_by)):
@@ -209,6 +210,7 @@ def collect(
                 plotted.append((label or line.label, points))
             if not line.summarize:
                 continue
+            keys.append(line.key)
             if line.summary_expr and series:
                 summary_series = prom.query_range(
                     rq.fill(line.summary_expr, window), start, end, step
@@ -218,7 +220,7 @@ def collect(
             values = [v for _, pts in summary_series for _, v in pts]
             metrics[line.key] = {
                 "title": panel.title,
-                "label": line.label.format("all") if line.split_by else line.label,
+                "label": line.summary_label or line.label,
                 "unit": panel.unit,
                 "kind": "series",
                 **series_stats(values),
@@ -227,6 +229,7 @@ def collect(
             metric, _title = rq.HISTOGRAMS[panel.histogram]
             metric = rq.respell(metric, prefix)
             metrics[panel.histogram] = histogram_summary(prom, metric, panel, end, span)
+            keys.append(panel.histogram)
         panels_out.append(
             {
                 "id": panel.id,
@@ -234,6 +237,8 @@ def collect(
                 "unit": panel.unit,
                 "group": panel.group,
                 "lines": plotted,
+                "queries": queries,
+                "keys": keys,
                 "missing": sorted(set(missing)),
                 "has_data": bool(plotted),
             }
@@ -306,8 +311,12 @@ def build_report(
                 png = f"{p['id']}.png"
                 plot_panel(tmp / png, p["title"], p["unit"], p["lines"], start, end - start)
             panels.append(
-                {k: p[k] for k in ("id", "title", "unit", "group", "has_data", "missing")}
-                | {"png": png, "series": [label for label, _ in p["lines"]]}
+                {k: p[k] for k in ("id", "title", "unit", "group", "has_data", "missing", "keys")}
+                | {
+                    "png": png,
+                    "series": [label for label, _ in p["lines"]],
+                    "queries": p["queries"],
+                }
             )
         summary = {
             "schema": SUMMARY_SCHEMA,
@@ -355,16 +364,16 @@ def _swap_in(tmp: Path, out: Path) -> None:
     os.chmod(out, 0o755)
 
 
-HEADLINE = (
-    ("request_throughput_rps", "mean"),
-    ("generation_tokens_per_s", "mean"),
-    ("ttft_seconds", "p50"),
-    ("ttft_seconds", "p99"),
-    ("itl_seconds", "p50"),
-    ("itl_seconds", "p99"),
-    ("kv_cache_usage_pct", "max"),
-    ("gpu_util_pct", "mean"),
-    ("host_cpu_busy_pct", "mean"),
+HEADLINE = (  # (summary key, statistic, card caption)
+    ("request_throughput_rps", "mean", "Requests/s"),
+    ("generation_tokens_per_s", "mean", "Generated tokens/s"),
+    ("ttft_seconds", "p50", "Time to first token"),
+    ("ttft_seconds", "p99", "Time to first token"),
+    ("itl_seconds", "p50", "Inter-token latency"),
+    ("itl_seconds", "p99", "Inter-token latency"),
+    ("kv_cache_usage_pct", "max", "KV-cache usage"),
+    ("gpu_util_pct", "mean", "GPU utilization"),
+    ("host_cpu_busy_pct", "mean", "Host CPU busy"),
 )
 
 
@@ -388,11 +397,11 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
             }
         )
     headline = []
-    for key, stat in HEADLINE:
+    for key, stat, caption in HEADLINE:
         m = metrics.get(key) or {}
         headline.append(
             {
-                "title": m.get("title", key),
+                "title": caption,
                 "label": m.get("label", ""),
                 "stat": stat,
                 "value": m.get(stat),
@@ -406,7 +415,21 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
         for p in summary["panels"]:
             if p["group"] != gid:
                 continue
-            items.append(p | {"img": data_uri(folder / p["png"]) if p["png"] else None})
+            stats = []
+            for key in p["keys"]:
+                m = metrics.get(key) or {}
+                if m.get("mean") is None:
+                    continue
+                names = ("mean", "p50", "p90", "p99") if m["kind"] == "histogram" else STATS
+                stats.append(
+                    {
+                        "label": m["label"],
+                        "parts": [(n, m.get(n)) for n in names],
+                        "unit": m["unit"],
+                    }
+                )
+            img = data_uri(folder / p["png"]) if p["png"] else None
+            items.append(p | {"img": img, "stats": stats})
         sections.append({"id": gid, "title": gtitle, "panels": items})
     services = []
     for name, svc in (manifest.get("services") or {}).items():

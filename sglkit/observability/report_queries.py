@@ -66,6 +66,7 @@ class Line:
     summary_expr: str | None = None  # aggregated expression for the summary (default: expr)
     summarize: bool = True
     metrics: tuple[str, ...] = ()  # the exported names it reads (named when a panel is empty)
+    summary_label: str | None = None  # what the summary_expr aggregates, for readers
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
                     split_by=dev,
                     summary_expr=f"avg({g['util']})",
                     metrics=(g["util"],),
+                    summary_label="average of all GPUs",
                 ),
             ),
             group="gpu",
@@ -258,6 +260,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
                     split_by=dev,
                     summary_expr=f"sum({g['mem_used_mib']}) / 1024",
                     metrics=(g["mem_used_mib"],),
+                    summary_label="sum over all GPUs",
                 ),
             ),
             group="gpu",
@@ -274,6 +277,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
                     split_by=dev,
                     summary_expr=f"sum({g['power_w']})",
                     metrics=(g["power_w"],),
+                    summary_label="sum over all GPUs",
                 ),
             ),
             group="gpu",
@@ -290,6 +294,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
                     split_by=dev,
                     summary_expr=f"max({g['temp_c']})",
                     metrics=(g["temp_c"],),
+                    summary_label="hottest GPU",
                 ),
             ),
             group="gpu",
@@ -315,7 +320,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
             (
                 Line(
                     "host_memory_used_gib",
-                    "used (total - available)",
+                    "used (total − available)",
                     f"sum({NODE['mem_total']} - {NODE['mem_available']}) / 1073741824",
                     metrics=(NODE["mem_total"], NODE["mem_available"]),
                 ),

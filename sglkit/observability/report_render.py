@@ -57,10 +57,26 @@ def plot_panel(
     if lo >= 0:
         ax.set_ylim(bottom=0)
     ax.margins(y=0.12)
-    if len(lines) > 1:
-        ax.legend(fontsize=8, frameon=False, loc="upper left", ncols=min(len(lines), 4))
+    if len(lines) > 1:  # above the plot, right of the title: never over a line
+        ax.legend(
+            fontsize=8,
+            frameon=False,
+            loc="lower right",
+            bbox_to_anchor=(1.0, 1.0),
+            ncols=min(len(lines), 4),
+            borderaxespad=0.2,
+        )
     fig.savefig(path, format="png")
     return path
+
+
+def seconds(v: float) -> str:
+    """5.0 -> "5 s", 0.5 -> "500 ms", 120 -> "2 min"."""
+    if v < 1:
+        return f"{v * 1000:g} ms"
+    if v >= 120 and v % 60 == 0:
+        return f"{v / 60:g} min"
+    return f"{v:g} s"
 
 
 def data_uri(png: Path) -> str:
@@ -72,7 +88,7 @@ def render_html(context: dict[str, Any]) -> str:
     from jinja2 import FileSystemLoader, StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
-    from sglkit.observability.report_stats import fmt
+    from sglkit.observability.report_stats import fmt, fmt_count
 
     template = asset("observability", "report.html.j2")
     env = SandboxedEnvironment(
@@ -83,4 +99,6 @@ def render_html(context: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = fmt
+    env.filters["secs"] = seconds
+    env.filters["count"] = fmt_count
     return env.get_template(template.name).render(**context)

@@ -56,6 +56,11 @@ def fmt(v: float | None) -> str:
     return _fmt(v)
 
 
+def fmt_count(v: float | None) -> str:
+    """Sample and observation counts: whole numbers (observations come from increase())."""
+    return "-" if v is None else f"{round(v):,}"
+
+
 def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per metric and statistic present in either summary: values, change, change %."""
     rows = []
