@@ -29,6 +29,7 @@ reloads it: finished batch sizes are not redone and measurements already taken a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -120,6 +121,17 @@ class Evaluator:
             self._takes_reps = "reps" in inspect.signature(measure).parameters
         except (TypeError, ValueError):
             self._takes_reps = False
+
+    def prefetch(self, configs: Iterable[dict[str, int]], level: int) -> None:
+        """Let a measure that can compile ahead (bench's `.prefetch(configs, M)`) do so for the
+        configs of a round not measured yet; a failure here is not fatal."""
+        fn = getattr(self.measure, "prefetch", None)
+        if fn is None:
+            return
+        todo = [dict(c) for c in configs if _mkey(key(c), level) not in self.memo]
+        if todo:
+            with contextlib.suppress(Exception):
+                fn(todo, self.M)
 
     def distinct(self) -> int:
         return len({k.split("@")[0] for k in self.memo})
@@ -239,6 +251,7 @@ def search_one(
     level = 0
     alive = pop
     while True:
+        ev.prefetch(alive, level)
         scored = sorted(((ev(c, level), key(c)) for c in alive), key=lambda t: (t[0], t[1]))
         round_done()
         finite = [(t, k) for t, k in scored if math.isfinite(t)]
@@ -263,6 +276,7 @@ def search_one(
             improved = False
             nbrs = [n for n in neighbours(cur, allowed) if not ev.seen(key(n))]
             nbrs.sort(key=key)
+            ev.prefetch(nbrs[: max(0, budget - ev.distinct())], level)
             for n in nbrs:
                 if ev.distinct() >= budget:
                     break

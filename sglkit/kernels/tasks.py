@@ -358,8 +358,6 @@ def tune(
     ray=None,
 ):
     """Tune the fused-MoE kernel for the profile's model; write the best configs to the store."""
-    from sglkit.kernels import search
-    from sglkit.kernels import space as sp
 
     p = profiles.load(profile)
     shape = profile_shape(p, dtype)
@@ -374,69 +372,115 @@ def tune(
     triton_v = names.installed_triton_version()
     if not triton_v:
         raise SglkitError("kernels.tune: Triton is not installed; it names the store folder")
-    rule = names.rule_for(None)
     device = names.device_name(device_name)
-    file_name = _name_for(shape, device, False, rule.version)
-    out_path = store.file_path(file_name, triton_v, store.root())
-    state_path = state_path_for(p, file_name, triton_v)
-    identity = {"file": file_name, "triton": triton_v, "shape": shape.to_dict(), "batch_sizes": bs}
-
-    def space_at(M: int):
-        return sp.prune(sp.full_space(), shape, M=M).kept
 
     def default_at(M: int):
         from sglkit.kernels import bench
 
         return bench.default_config(shape, M, shape.dtype, shape.block_shape)
 
-    progress = _progress_printer(len(bs))
-    print(f"tuning {file_name} (Triton {triton_v}); state: {state_path}", file=sys.stderr)
+    def copy_bw():
+        from sglkit.kernels import bench
+
+        return bench.copy_bandwidth()
+
+    run_tune(
+        p,
+        shape,
+        bs,
+        device=device,
+        triton_version=triton_v,
+        measure=None if ray is not None else gpu_measure(shape),
+        measure_factory=MeasureFactory(shape) if ray is not None else None,
+        ray_address=(None if ray is True else ray) if ray is not None else False,
+        default_config=default_at,
+        budget=budget_n,
+        resume=resume,
+        copy_bandwidth=copy_bw if ray is None else None,
+    )
+
+
+def run_tune(
+    p: profiles.Profile,
+    shape: MoEShape,
+    batch_sizes: list[int],
+    *,
+    device: str,
+    triton_version: str,
+    measure=None,
+    measure_factory=None,
+    ray_address: str | bool | None = False,
+    default_config=None,
+    budget: int | None = None,
+    resume: bool = False,
+    copy_bandwidth=None,
+    sglang_version: str | None = None,
+    ray_options: dict[str, Any] | None = None,
+) -> tuple[Path, Path, dict]:
+    """Search, write the store file (merged, atomically) and the report; (file, report, results).
+
+    `measure` runs the search here; `measure_factory` with `ray_address` (not False) runs it on
+    Ray. The store is the profile's SGLANG_MOE_CONFIG_DIR; the state and the report go under the
+    profile's cache root (kernels-tune/triton_X_Y_Z/).
+    """
+    from sglkit.fsutil import atomic_write_text
+    from sglkit.kernels import search
+    from sglkit.kernels import space as sp
+
+    rule = names.rule_for(sglang_version)
+    file_name = _name_for(shape, device, False, rule.version)
+    store_root = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
+    out_path = store.file_path(file_name, triton_version, store_root)
+    state_path = state_path_for(p, file_name, triton_version)
+    identity = {
+        "file": file_name,
+        "triton": triton_version,
+        "shape": shape.to_dict(),
+        "batch_sizes": batch_sizes,
+    }
+
+    def space_at(M: int):
+        return sp.prune(sp.full_space(), shape, M=M).kept
+
+    progress = _progress_printer(len(batch_sizes))
+    print(f"tuning {file_name} (Triton {triton_version}); state: {state_path}", file=sys.stderr)
     t0 = time.monotonic()
-    if ray is not None:
+    common = dict(
+        state_path=state_path,
+        budget=budget,
+        resume=resume,
+        progress=progress,
+        default_config=default_config,
+        identity=identity,
+    )
+    if ray_address is not False:
         from sglkit.kernels import ray_tune
 
         results = ray_tune.tune(
-            bs,
+            batch_sizes,
             space_at,
-            MeasureFactory(shape),
-            state_path=state_path,
-            budget=budget_n,
-            resume=resume,
-            progress=progress,
-            default_config=default_at,
-            identity=identity,
-            address=None if ray is True else ray,
+            measure_factory,
+            address=ray_address,
+            **common,
+            **(ray_options or {}),
         )
     else:
-        results = search.tune(
-            bs,
-            space_at,
-            gpu_measure(shape),
-            state_path=state_path,
-            budget=budget_n,
-            resume=resume,
-            progress=progress,
-            default_config=default_at,
-            identity=identity,
-        )
+        results = search.tune(batch_sizes, space_at, measure, **common)
     wall = time.monotonic() - t0
     store.write_configs(out_path, search.configs_json(results))
-    copy_bw = None
-    if ray is None:
+    bw = None
+    if copy_bandwidth is not None:
         try:
-            from sglkit.kernels import bench
-
-            copy_bw = bench.copy_bandwidth()
+            bw = copy_bandwidth()
         except Exception:
-            copy_bw = None
-    rows = report_rows(results, shape, copy_bw)
-    md = report_markdown(f"{file_name} (Triton {triton_v})", rows, copy_bw, wall)
+            bw = None
+    rows = report_rows(results, shape, bw)
+    md = report_markdown(f"{file_name} (Triton {triton_version})", rows, bw, wall)
     report_path = state_path.with_name(file_name + ".report.md")
-    from sglkit.fsutil import atomic_write_text
-
     atomic_write_text(report_path, md)
     print(md)
     print(f"wrote {out_path}\nreport: {report_path}", file=sys.stderr)
+    return out_path, report_path, results
 
 
 ns = Collection("kernels", name, check, validate, migrate, tune)
