@@ -199,6 +199,11 @@ def prepare_storage(dirs: dict[str, Path], uid: int, gid: int) -> list[Path]:
         if kind == "profiles":
             if not d.is_dir():
                 raise ConfigError(f"profile folder {d} does not exist")
+            if not _can_read(d, uid, gid, need_exec=True):
+                raise SglkitError(
+                    f"--profile: the folder {d} (mounted at /profiles) is not readable by the "
+                    f"container's user {uid}:{gid}; chmod o+rx it or move the profile"
+                )
             continue
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -215,6 +220,16 @@ def prepare_storage(dirs: dict[str, Path], uid: int, gid: int) -> list[Path]:
             raise SglkitError(f"container.storage: {d}: {e.strerror or e}") from None
         made.append(d)
     return made
+
+
+def _can_read(path: Path, uid: int, gid: int, need_exec: bool = False) -> bool:
+    """Whether uid:gid may read (and enter) `path` by its mode bits (root may always)."""
+    if uid == 0:
+        return True
+    st = path.stat()
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+    want = 0o4 | (0o1 if need_exec else 0)
+    return (st.st_mode >> shift) & want == want
 
 
 # ---- engine side -------------------------------------------------------------------------------

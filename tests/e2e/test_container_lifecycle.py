@@ -1,0 +1,117 @@
+"""The devcontainer on a real Docker engine: offline base, cpu build, up -> ready -> down -> up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from sglkit import manifest as manifests
+from tests.e2e.helpers import containers_named, invoke, write_profile
+
+pytestmark = pytest.mark.requires("docker", "debootstrap")
+
+
+def test_offline_base_image_is_debian_bookworm(docker_client, cpu_image, session_label):
+    image = docker_client.images.get("sglkit/base:bookworm")
+    assert image.labels.get("org.sglkit.managed") == "base"
+    out = docker_client.containers.run(
+        "sglkit/base:bookworm",
+        ["cat", "/etc/debian_version"],
+        remove=True,
+        labels={"org.sglkit.test": session_label},
+    )
+    assert out.decode().startswith("12."), out
+
+
+def test_build_streams_its_log_and_tags_the_image(docker_client, cpu_image):
+    assert "Step 1/" in cpu_image["build_log"]
+    assert "built sglkit/dev:cpu" in cpu_image["build_log"]
+    image = docker_client.images.get("sglkit/dev:cpu")
+    assert image.labels["org.sglkit.variant"] == "cpu"
+    assert image.attrs["Config"]["User"] == "dev"
+    assert image.attrs["Config"]["Entrypoint"][-2:] == ["-m", "sglkit.observability.init_run"]
+
+
+def _node_exporter_up(prom_url: str, node_port: int) -> bool:
+    r = requests.get(f"{prom_url}/api/v1/query", params={"query": "up"}, timeout=5)
+    r.raise_for_status()
+    for sample in r.json()["data"]["result"]:
+        if sample["metric"].get("instance", "").endswith(f":{node_port}"):
+            return sample["value"][1] == "1"
+    return False
+
+
+def test_up_ready_prometheus_sees_node_exporter_then_down_and_a_second_run(
+    docker_client, cpu_image, tmp_path, wait_for
+):
+    prof = write_profile(tmp_path)
+    data = json.loads(prof.read_text())
+    name = data["container"]["name"]
+    node_port = data["telemetry"]["ports"]["node_exporter"]
+    telemetry = tmp_path / "telemetry"
+
+    res = invoke("container.up", "--profile", str(prof), "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    first = json.loads(res.stdout)
+    run_dir = telemetry / "runs" / first["run_id"]
+    assert first["manifest"] == str(run_dir / "manifest.json")
+    assert manifests.read(run_dir)["status"] == "ready"
+    # published on the host's loopback, at the profile's ports ("same" host ports)
+    prom = first["urls"]["prometheus"]
+    assert prom == f"http://127.0.0.1:{data['telemetry']['ports']['prometheus']}"
+    assert first["urls"]["node_exporter"].startswith(f"http://127.0.0.1:{node_port}/")
+    # the host asks the container's Prometheus, which has scraped the container's node_exporter
+    wait_for(lambda: _node_exporter_up(prom, node_port), timeout=90, interval=1, what="up{node}==1")
+
+    st = invoke("container.status", "--profile", str(prof), "--json")
+    assert st.returncode == 0, st.stderr
+    info = json.loads(st.stdout)
+    assert (info["state"], info["run_id"], info["manifest_status"]) == (
+        "running",
+        first["run_id"],
+        "ready",
+    )
+    assert info["services"]["prometheus"]["url"] == prom
+
+    sh = invoke("container.shell", "--profile", str(prof), "--command", "id -un; touch /cache/x")
+    assert sh.returncode == 0, sh.stdout + sh.stderr
+    assert sh.stdout.split() == ["dev"]
+    assert (tmp_path / "cache" / "x").exists()  # the cache mount is the host folder
+    assert invoke("container.shell", "--profile", str(prof), "--command", "exit 7").returncode == 7
+
+    lg = invoke("container.logs", "--profile", str(prof), "--tail", "50")
+    assert lg.returncode == 0 and first["run_id"] in lg.stdout
+
+    down = invoke("container.down", "--profile", str(prof))
+    assert down.returncode == 0, down.stderr
+    assert containers_named(docker_client, name) == []
+    # telemetry stays on the host, and init-run closed its manifest on SIGTERM
+    assert manifests.read(run_dir)["status"] == "stopped"
+
+    res2 = invoke("container.up", "--profile", str(prof), "--json")
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    second = json.loads(res2.stdout)
+    assert second["run_id"] != first["run_id"]
+    runs = sorted(p.name for p in (telemetry / "runs").iterdir())
+    assert runs == sorted([first["run_id"], second["run_id"]])
+    assert (telemetry / "latest").resolve() == (telemetry / "runs" / second["run_id"]).resolve()
+    assert invoke("container.down", "--profile", str(prof)).returncode == 0
+    assert containers_named(docker_client, name) == []
+    # down again: nothing to do, not an error
+    again = invoke("container.down", "--profile", str(prof))
+    assert again.returncode == 0 and "no such container" in again.stdout
+
+
+def test_up_refuses_a_second_container_of_the_same_name(docker_client, cpu_image, tmp_path):
+    prof = write_profile(tmp_path)
+    name = json.loads(prof.read_text())["container"]["name"]
+    assert invoke("container.up", "--profile", str(prof)).returncode == 0
+    try:
+        res = invoke("container.up", "--profile", str(prof))
+        assert res.returncode == 1
+        assert res.stderr.strip().splitlines()[-1].startswith(f"error: container {name} is already")
+        assert len(containers_named(docker_client, name)) == 1
+    finally:
+        invoke("container.down", "--profile", str(prof))
