@@ -3,7 +3,7 @@
 What SGLang will compile at serving time is decided by three things, all mirrored here:
 
 1. Which config file it reads: `<SGLANG_MOE_CONFIG_DIR>/configs/triton_<version>/<name>`, else
-   the same name under the newest other `triton_*` folder (SGLang 0.5.23's get_moe_configs).
+   the same name under another `triton_*` folder (replayed by sglkit.kernels.store.lookup).
 2. Which entry of it a batch of M tokens uses: the key nearest to M, first key on a tie.
 3. Which Triton specialization that call compiles: the kernel's integer arguments EM (length of
    the aligned token list) and num_valid_tokens (M * topk) are specialized on "divisible by 16"
@@ -41,36 +41,6 @@ GDC_EARLY_ROWS = 512  # fused_moe_triton_kernels.invoke_fused_moe_kernel, SGLang
 
 
 # ----------------------------------------------------------------------------- config lookup
-
-
-def version_dir(triton_version: str) -> str:
-    return "triton_" + triton_version.split("+")[0].replace(".", "_")
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in name.removeprefix("triton_").split("_"))
-    except ValueError:
-        return ()
-
-
-def find_config_file(store: Path, file_name: str, triton_version: str) -> Path | None:
-    """The file SGLang reads for `file_name`: this Triton's folder first, else the newest other."""
-    exact = store / "configs" / version_dir(triton_version) / file_name
-    if exact.is_file():
-        return exact
-    root = store / "configs"
-    if not root.is_dir():
-        return None
-    others = sorted(
-        (d for d in root.iterdir() if d.name.startswith("triton_") and _version_key(d.name)),
-        key=lambda d: _version_key(d.name),
-        reverse=True,
-    )
-    for d in others:
-        if (d / file_name).is_file():
-            return d / file_name
-    return None
 
 
 def load_configs(path: Path) -> dict[int, dict[str, int]]:
@@ -194,38 +164,49 @@ def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: i
 class Target:
     """What to warm: the MoE problem of a profile and the tuned file SGLang would read."""
 
-    dims: Any  # sglkit.kernels.moe_kernel.MoEDims
+    shape: Any  # sglkit.kernels.shapes.MoEShape
     file_name: str
     config_file: Path | None
     max_tokens: int
+    lookup: str  # how the file was found: "--config-file", or store.lookup's status
+
+
+def locate(prof, device: str, triton_version: str, config_file: str | None = None,
+           max_tokens: int | None = None, store_root: Path | None = None) -> Target:  # fmt: skip
+    """The profile's MoE shape, its config file name on GPU `device`, and the file SGLang
+    `triton_version` would load from the store (SGLANG_MOE_CONFIG_DIR); no GPU needed."""
+    from sglkit import paths
+    from sglkit.kernels import names, shapes, store
+
+    cfg = prof.model_config_path()
+    if cfg is None:
+        raise ConfigError(f"{prof.path}: model.config: needed to derive the MoE shape")
+    shape = shapes.moe_shape(cfg, tp=prof.server["tp"], ep=prof.server.get("ep") or 1)
+    file_name = names.config_file_name(
+        shape.E, shape.N, device, shape.dtype, shape.block_shape, shape.per_channel_quant
+    )
+    limit = int(max_tokens or prof.server.get("chunked_prefill_size") or DEFAULT_MAX_TOKENS)
+    if config_file:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"--config-file: {config_file}: no such file")
+        return Target(shape, file_name, Path(config_file), limit, "--config-file")
+    root = store_root or Path(
+        prof.environment().get("SGLANG_MOE_CONFIG_DIR") or paths.asset("kernels")
+    )
+    found = store.lookup(file_name, triton_version, names.rule_for(None), root)
+    if found.status == "error":
+        raise ConfigError(f"kernels store: {found.warning}")
+    return Target(shape, file_name, found.path, limit, found.status)
 
 
 def profile_target(prof, config_file: str | None = None, max_tokens: int | None = None,
                    device: str | None = None) -> Target:  # fmt: skip
-    """The profile's MoE shape, its config file name on this GPU, and where SGLang finds it."""
-    from sglkit import paths
-    from sglkit.kernels import names, shapes
+    """locate() on this GPU with the installed Triton."""
+    import triton
 
-    cfg = prof.model_config_path()
-    if cfg is None:
-        raise ConfigError("model.config: the profile names no config.json for the model's shape")
-    shape = shapes.moe_shape(cfg, prof.server["tp"], prof.server.get("ep") or 1)
-    dims = _dims(shape)
-    file_name = names.config_file_name(
-        shape.E, shape.N, names.device_name(device), shape.dtype, shape.block_shape,
-        shape.per_channel_quant,
-    )  # fmt: skip
-    if config_file:
-        path: Path | None = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"--config-file: {config_file}: no such file")
-    else:
-        import triton
+    from sglkit.kernels import names
 
-        store = Path(prof.environment().get("SGLANG_MOE_CONFIG_DIR") or paths.asset("kernels"))
-        path = find_config_file(store, file_name, triton.__version__)
-    limit = max_tokens or prof.server.get("chunked_prefill_size") or DEFAULT_MAX_TOKENS
-    return Target(dims=dims, file_name=file_name, config_file=path, max_tokens=int(limit))
+    return locate(prof, names.device_name(device), triton.__version__, config_file, max_tokens)
 
 
 def _dims(shape):
@@ -333,11 +314,12 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
             "run kernels.tune or pass --config-file"
         )
     configs = load_configs(target.config_file)
-    items = plan(configs, target.dims.topk, target.dims.E, target.max_tokens, keys_only)
+    dims = _dims(target.shape)
+    items = plan(configs, dims.topk, dims.E, target.max_tokens, keys_only)
     setup_s = time.perf_counter() - start
     with store.locked(cache_dir, wait=lock_timeout, what="cache.triton"):
         store.remove_marker(cache_dir)
-        timings = _warm_with_progress(target, items, quiet)
+        timings = _warm_with_progress(target, dims, items, quiet)
         summary = {
             "profile": prof.name,
             "config_file": str(target.config_file),
@@ -345,7 +327,8 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
             "file_name": target.file_name,
             "triton_cache_dir": str(cache_dir),
             "versions": _versions(),
-            "dims": asdict(target.dims),
+            "lookup": target.lookup,
+            "dims": asdict(dims),
             "max_tokens": target.max_tokens,
             "keys_only": keys_only,
             "setup_s": setup_s,
@@ -382,7 +365,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _warm_with_progress(target: Target, items: list[Item], quiet: bool) -> list[Timing]:
+def _warm_with_progress(target: Target, dims, items: list[Item], quiet: bool) -> list[Timing]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -398,7 +381,7 @@ def _warm_with_progress(target: Target, items: list[Item], quiet: bool) -> list[
             if not quiet:
                 bar.console.print(f"  {item.label()}  {secs * 1e3:8.1f} ms")
 
-        return warm(target.dims, items, progress=step)
+        return warm(dims, items, progress=step)
 
 
 def main(argv: list[str] | None = None) -> int:

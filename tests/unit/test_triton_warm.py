@@ -3,54 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from sglkit.errors import ConfigError
 from sglkit.gpu.triton_warm import (
-    find_config_file,
     load_configs,
     max_padded_tokens,
     nearest_key,
     plan,
     specialization,
-    version_dir,
 )
-
-NAME = "E=128,N=768,device_name=NVIDIA_H200.json"
 
 
 def _cfg(bm, bn=64, bk=64, g=1, w=4, s=3):
     return {"BLOCK_SIZE_M": bm, "BLOCK_SIZE_N": bn, "BLOCK_SIZE_K": bk, "GROUP_SIZE_M": g,
             "num_warps": w, "num_stages": s}  # fmt: skip
-
-
-def _write(root: Path, version: str, name: str = NAME, data=None) -> Path:
-    p = root / "configs" / version / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data or {"1": _cfg(16)}))
-    return p
-
-
-def test_the_exact_triton_folder_wins(tmp_path):
-    _write(tmp_path, "triton_3_5_1")
-    exact = _write(tmp_path, "triton_3_6_0")
-    assert find_config_file(tmp_path, NAME, "3.6.0") == exact
-
-
-def test_else_the_newest_other_triton_folder(tmp_path):
-    _write(tmp_path, "triton_3_2_0")
-    newer = _write(tmp_path, "triton_3_10_0")  # numeric order, not text order
-    _write(tmp_path, "triton_3_5_1", name="E=1,N=1,device_name=X.json")
-    assert find_config_file(tmp_path, NAME, "3.6.0") == newer
-    assert find_config_file(tmp_path, "E=9,N=9,device_name=X.json", "3.6.0") is None
-    assert find_config_file(tmp_path / "absent", NAME, "3.6.0") is None
-
-
-def test_version_dir():
-    assert version_dir("3.6.0") == "triton_3_6_0"
-    assert version_dir("3.6.0+git1234") == "triton_3_6_0"
 
 
 def test_load_configs_names_the_bad_entry(tmp_path):
@@ -126,3 +94,55 @@ def test_keys_only_warms_each_distinct_config_once_at_its_key():
     assert [(i.M, i.key) for i in items] == [(1, 1), (2, 2), (64, 64), (4096, 4096)]
     same = {1: _cfg(16), 8: _cfg(16)}  # same config; M=1 and M=8 differ in specialization
     assert [i.M for i in plan(same, 8, 128, 16, keys_only=True)] == [1, 8]
+
+
+# ---------------------------------------------------------------- which file a profile warms
+
+
+def _store_file(root, version, name, data=None):
+    p = root / "configs" / version / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data or {"1": _cfg(16)}))
+    return p
+
+
+QWEN_H200 = "E=128,N=768,device_name=NVIDIA_H200.json"
+DSV3_GH200 = "E=257,N=256,device_name=NVIDIA_GH200_480GB,dtype=fp8_w8a8,block_shape=[128, 128].json"
+
+
+def test_locate_finds_the_file_sglang_would_load(tmp_path):
+    from sglkit import profile as profiles
+    from sglkit.gpu.triton_warm import locate
+
+    prof = profiles.load("qwen3-30b-a3b-gh200")
+    (tmp_path / "configs").mkdir()
+    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path)
+    assert (t.file_name, t.config_file, t.lookup) == (QWEN_H200, None, "default")
+    assert t.max_tokens == 8192  # the profile's chunked_prefill_size
+    older = _store_file(tmp_path, "triton_3_5_1", QWEN_H200)
+    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path)
+    assert (t.config_file, t.lookup) == (older, "fallback")
+    exact = _store_file(tmp_path, "triton_3_6_0", QWEN_H200)
+    t = locate(prof, "NVIDIA H200", "3.6.0", max_tokens=64, store_root=tmp_path)
+    assert (t.config_file, t.lookup, t.max_tokens) == (exact, "found", 64)
+
+
+def test_locate_names_the_fp8_block_file_for_deepseek(tmp_path):
+    from sglkit import profile as profiles
+    from sglkit.gpu.triton_warm import locate
+
+    prof = profiles.load("deepseek-v3-gh200")
+    f = _store_file(tmp_path, "triton_3_6_0", DSV3_GH200)
+    t = locate(prof, "NVIDIA GH200 480GB", "3.6.0", store_root=tmp_path)
+    assert (t.file_name, t.config_file) == (DSV3_GH200, f)
+    assert (t.shape.E, t.shape.topk, t.shape.dtype, tuple(t.shape.block_shape)) == (
+        257, 8, "fp8_w8a8", (128, 128))  # fmt: skip
+
+
+def test_locate_refuses_a_missing_config_file(tmp_path):
+    from sglkit import profile as profiles
+    from sglkit.gpu.triton_warm import locate
+
+    prof = profiles.load("qwen3-30b-a3b-gh200")
+    with pytest.raises(ConfigError, match=r"^--config-file: .*nope.json: no such file$"):
+        locate(prof, "NVIDIA H200", "3.6.0", config_file=str(tmp_path / "nope.json"))
