@@ -40,13 +40,15 @@ def cuda_version_text(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def cpu_model() -> str:
-    """The CPU as /proc/cpuinfo or lscpu names it; Grace shows as Neoverse-V2 (ARM part 0xd4f)."""
-    machine = platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return machine
+def cpu_model(text: str | None = None, machine: str | None = None) -> str:
+    """The CPU as /proc/cpuinfo names it; Grace has no model name there, but ARM part 0xd4f
+    (Neoverse-V2)."""
+    machine = machine or platform.machine()
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return machine
     for line in text.splitlines():
         if line.lower().startswith("model name"):
             return line.split(":", 1)[1].strip()

@@ -252,3 +252,13 @@ def test_run_all_prints_each_result_as_it_finishes():
     buf = io.StringIO()
     smoke.run_all([Check(5, "tuner", "tuner", lambda ctx: None)], out=buf)
     assert buf.getvalue().startswith("[PASS] 5. tuner")
+
+
+def test_cpu_model_names_grace_and_x86():
+    from sglkit.gpu.host import cpu_model
+
+    grace = "processor\t: 0\nBogoMIPS\t: 2000.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd4f\n"
+    assert cpu_model(grace, "aarch64") == "aarch64 Neoverse-V2 (NVIDIA Grace)"
+    xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    assert cpu_model(xeon, "x86_64") == "Intel(R) Xeon(R) Processor"
+    assert cpu_model("processor\t: 0\nCPU part\t: 0xd0c\n", "aarch64") == "aarch64"
