@@ -78,6 +78,12 @@ class Lookup:
     batch_sizes: list[int] = field(default_factory=list)
 
 
+def _version_tuple(v: str) -> tuple[int, ...]:
+    from sglkit.kernels.names import parse_version
+
+    return parse_version(v)
+
+
 def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
@@ -132,19 +138,30 @@ def lookup(
                 f"MoE kernel config from {p}. Performance might be sub-optimal!"
             )
             return Lookup(name, expected, "fallback", p, warning, sorted(read_configs(p)))
-    if name.endswith("_down.json") and rule.down_falls_back_to_up:
+    default_warning = (
+        "Using default MoE kernel config. Performance might be sub-optimal! Config file not "
+        f"found at {expected}"
+    )
+    if name.endswith("_down.json"):
+        # without a _down file the down GEMM runs with the gate/up config (tuned or default)
         up = lookup(name[: -len("_down.json")] + ".json", triton_version, rule, store_root)
-        if up.path is not None:
+        if rule.down_falls_back_to_up:  # 0.5.16+
+            if up.path is None:
+                return Lookup(name, expected, "default", None, default_warning)
             warning = (
                 f"Down MoE config file not found at {expected}; reusing the tuned "
                 "up-projection config without TMA. Performance might be sub-optimal."
             )
-            return Lookup(name, expected, "up-config", up.path, warning, up.batch_sizes)
-    warning = (
-        "Using default MoE kernel config. Performance might be sub-optimal! Config file not "
-        f"found at {expected}"
-    )
-    return Lookup(name, expected, "default", None, warning)
+        elif _version_tuple(rule.version) >= (0, 5, 6):  # 0.5.6 - 0.5.15.post1
+            warning = (
+                "Using MoE kernel config with down_moe=False. Performance might be sub-optimal! "
+                f"Config file not found at {expected}"
+            )
+        else:  # 0.5.4.post2 - 0.5.5: the generic message, though the up config is used
+            warning = default_warning
+        status = "up-config" if up.path is not None else "default"
+        return Lookup(name, expected, status, up.path, warning, up.batch_sizes)
+    return Lookup(name, expected, "default", None, default_warning)
 
 
 # ---- validate -----------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def check(c, profile=None, device_name=None, triton_version=None, sglang_version
     print(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
     print(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={store_root}")
     for r in report:
-        label = "down projection" if r["down"] else "gate/up (and down)"
+        label = "down projection" if r["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")
         print(f"{label}: {r['file']}")
         print(
             f"  status: {r['status']}"

@@ -63,7 +63,12 @@ def test_lookup_old_fixed_list_and_down_fallback(tmp_path):
     down = DSV3_NAME.replace(".json", "_down.json")
     lk = store.lookup(down, "3.5.1", names.rule_for("0.5.23"), tmp_path)
     assert lk.status == "up-config" and lk.path.name == DSV3_NAME
-    assert store.lookup(down, "3.5.1", names.rule_for("0.5.15"), tmp_path).status == "default"
+    lk = store.lookup(down, "3.5.1", names.rule_for("0.5.15"), tmp_path)
+    assert lk.status == "up-config" and "down_moe=False" in lk.warning  # 0.5.6 - 0.5.15.post1
+    lk = store.lookup(down, "3.5.1", names.rule_for("0.5.5"), tmp_path)
+    assert lk.status == "up-config" and lk.warning.startswith("Using default MoE kernel config")
+    other = down.replace("E=257", "E=64")  # neither file: the default config for both GEMMs
+    assert store.lookup(other, "3.5.1", names.rule_for("0.5.23"), tmp_path).status == "default"
     assert store.lookup(DSV3_NAME, "3.5.1", names.rule_for("0.5.2"), tmp_path).status == "ignored"
 
 
