@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 PASS, SKIP, FAIL = "PASS", "SKIP", "FAIL"
+TABLE_TEXT = 120  # widest figures / reason cell in the summary table
 
 
 class Skip(Exception):
@@ -128,6 +129,8 @@ def summary_table(results: Iterable[Result]) -> str:
     rows = [("#", "check", "status", "time", "figures / reason")]
     for r in results:
         text = r.detail if r.status != PASS else "; ".join(f"{k} {v}" for k, v in r.figures.items())
+        if len(text) > TABLE_TEXT:  # the check's own line above the table has all of it
+            text = text[: TABLE_TEXT - 3] + "..."
         rows.append((str(r.number), r.title, r.status, f"{r.seconds:.1f}s", text or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
 

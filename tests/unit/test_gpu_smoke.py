@@ -262,3 +262,15 @@ def test_cpu_model_names_grace_and_x86():
     xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
     assert cpu_model(xeon, "x86_64") == "Intel(R) Xeon(R) Processor"
     assert cpu_model("processor\t: 0\nCPU part\t: 0xd0c\n", "aarch64") == "aarch64"
+
+
+def test_a_long_reason_is_cut_in_the_table_but_whole_in_the_line():
+    reason = "no local model: " + "x" * 200
+
+    def absent(ctx):
+        raise Skip(reason)
+
+    r = run_check(Check(7, "extras", "extras", absent))
+    assert reason in format_result(r)
+    row = next(line for line in summary_table([r]).splitlines() if line.startswith("7 "))
+    assert row.endswith("...") and reason[:50] in row and reason not in row
