@@ -150,3 +150,28 @@ def test_a_killed_worker_loses_only_its_shard(cluster, tmp_path, wait_for):
 def test_asking_for_gpus_on_a_cpu_cluster_is_one_line(cluster, tmp_path):
     with pytest.raises(SglkitError, match="no GPU"):
         ray_tune.tune([1], candidates, CostFactory(tmp_path), state_path=tmp_path / "s.json")
+
+
+def test_ray_resumes_an_interrupted_one_worker_run(cluster, tmp_path):
+    state = tmp_path / "s.json"
+    first = Cost(fail_after=300)
+    with pytest.raises(KeyboardInterrupt):
+        se.tune(BATCH_SIZES, candidates, first, state_path=state, default_config=default)
+    done_before = set(se.results_from_state(state))
+    assert done_before and done_before != set(BATCH_SIZES)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    res = ray_tune.tune(
+        BATCH_SIZES,
+        candidates,
+        CostFactory(marks),
+        state_path=state,
+        resume=True,
+        default_config=default,
+        gpus_per_task=0,
+        cpus_per_task=1,
+    )
+    started = {int(p.name.split("-")[1]) for p in marks.glob("started-*")}
+    assert started == set(BATCH_SIZES) - done_before  # finished batch sizes were not redone
+    ref = serial(tmp_path)
+    assert {m: r.config for m, r in res.items()} == {m: r.config for m, r in ref.items()}
