@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,55 @@ def plan(profile: Profile, workspace: Path | None = None, gpus: bool | None = No
         "mounts": p.mounts,
         "run_args": run_args,
         "environment": env,
+        # the storage step, on the host, before the container is created
+        # (PYTHONPATH: the kit's checkout, so that it runs where sglkit is not pip-installed)
+        "initialize": [
+            "env",
+            f"PYTHONPATH={paths.home()}",
+            sys.executable,
+            "-m",
+            "sglkit.containers",
+            "storage",
+            "--profile",
+            str(profile.path.resolve()),
+        ],
     }
 
 
 def write(profile: Profile, output: Path, workspace: Path | None = None) -> Path:
     text = render.devcontainer(plan(profile, workspace))
     return atomic_write_text(output, text)
+
+
+# what the CLI must read back exactly as we wrote it
+CHECKED_KEYS = (
+    "image",
+    "mounts",
+    "runArgs",
+    "containerEnv",
+    "remoteUser",
+    "overrideCommand",
+    "initializeCommand",
+    "postCreateCommand",
+)
+
+
+def check(path: Path, workspace: Path | None = None) -> dict:
+    """The CLI parses the file (it is lenient) and reads back every key we rely on unchanged."""
+    try:
+        ours = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise SglkitError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise SglkitError(f"{path}: cannot read: {e.strerror or e}") from None
+    theirs = read_configuration(path, workspace)["configuration"]
+    for key in CHECKED_KEYS:
+        if key in ours and theirs.get(key) != ours[key]:
+            raise SglkitError(
+                f"devcontainer read-configuration: {path}: {key} reads back as "
+                f"{json.dumps(theirs.get(key))[:120]}, not as written"
+            )
+    return theirs
 
 
 def read_configuration(path: Path, workspace: Path | None = None, timeout: float = 120) -> dict:

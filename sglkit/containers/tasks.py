@@ -363,7 +363,7 @@ def devcontainer(c, profile=None, output=".devcontainer/devcontainer.json", chec
     path = devc.write(p, Path(output))
     print(path)
     if check:
-        devc.read_configuration(path)
+        devc.check(path)
         print("devcontainer read-configuration: ok")
 
 
