@@ -289,7 +289,6 @@ class InitRun:
             atomic_write_text(self.prom_config, self.config_text)
         except OSError as e:
             raise SglkitError(f"--root: cannot write into {self.run_dir}: {e.strerror}") from None
-        self.versions = self._versions()
         for s in self.services.values():
             if s.spec.argv is None:
                 s.status = "absent" if s.spec.optional else "failed"
@@ -495,6 +494,7 @@ class InitRun:
                     break
                 if s.spec.argv is not None:
                     self.start(s, first=True)
+            self.versions = self._versions()  # while the services start, not before
             self.save()
             while not self.stopping:
                 if self.step():
