@@ -33,6 +33,7 @@ pytestmark = pytest.mark.requires("prometheus", "node_exporter")
 REPO = paths.home()
 FAULTS = Path(__file__).parent.parent / "fixtures" / "obs_faults"
 STANDIN = Path(__file__).parent.parent / "fixtures" / "standin_sglang_metrics.py"
+INVOKE = [sys.executable, "-m", "invoke"]
 SLOW = 90  # deadlines: generous, the machine is shared and has 2 cores
 
 
@@ -407,3 +408,52 @@ def test_template_variable_missing_is_named_and_no_run_is_created(tmp_path):
 def test_bad_ports_option_is_named(tmp_path):
     r = run_init(tmp_path, "--root", str(tmp_path / "t"), "--ports", "9090")
     assert r.returncode == 2 and r.stderr.startswith("error: --ports:")
+
+
+def test_invoke_obs_up_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path):
+    root = tmp_path / "telemetry"
+    profile, _ = make_profile(tmp_path)
+    proc = subprocess.Popen(
+        [*INVOKE, "obs.up", "--profile", str(profile), "--root", str(root), "--ports", "auto"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[int] = set()
+    try:
+
+        def ready():
+            run = mf.latest_run_dir(root)
+            m = mf.read(run) if run else None
+            if m:
+                seen.update(s["pid"] for s in m["services"].values() if s.get("pid"))
+            return m if m and m["status"] == "ready" else None
+
+        m = wait_for(ready, SLOW, 0.1, what="obs.up ready")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert mf.read(Path(m["paths"]["run_dir"]))["status"] == "stopped"
+        assert not [p for p in seen if alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_bind_all_interfaces_records_loopback_urls(tmp_path, stacks):
+    s = start(stacks, tmp_path, "--ports", "auto", "--bind", "0.0.0.0")
+    m = s.wait(lambda m: m["status"] == "ready", "ready")
+    assert m["bind"] == "0.0.0.0"
+    prom = m["services"]["prometheus"]
+    assert prom["url"].startswith("http://127.0.0.1:")
+    assert f"--web.listen-address=0.0.0.0:{prom['port']}" in prom["argv"]
+    listening = {
+        c.laddr.ip
+        for c in psutil.Process(prom["pid"]).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == prom["port"]
+    }
+    assert listening <= {"0.0.0.0", "::"} and listening
+    s.wait_targets(m, {"prometheus": "up", "node": "up"})
+    assert s.stop() == 0
