@@ -19,8 +19,9 @@ dropped config carries the rule that removed it:
   above 255 the kernel spills or fails to compile;
 - block_m: BLOCK_SIZE_M above max(16, next_pow2(M)): no expert can get more than M tokens,
   so a bigger M tile only adds padding rows (same weight loads, more wasted MMA);
-- dims: a tile wider than the (power-of-two ceiling of the) GEMM dimension it tiles repeats
-  masked work only: BLOCK_SIZE_N > next_pow2(max GEMM N), BLOCK_SIZE_K > next_pow2(min GEMM K).
+- dims: a tile wider than the (power-of-two ceiling of the) largest GEMM dimension it tiles
+  only adds masked work: BLOCK_SIZE_N > next_pow2(max N), BLOCK_SIZE_K > next_pow2(max K); one
+  config serves both GEMMs, so a tile too wide for only one of them is kept.
 """
 
 from __future__ import annotations
@@ -173,11 +174,11 @@ def why_not(
         return "block_m", f"BLOCK_SIZE_M {bm} > {cap}: no expert gets more than M={M} tokens"
     if shape is not None:
         n_max = max(2 * int(shape.N), int(shape.K))  # w1: N=2*inter, K=hidden; w2: N=hidden
-        k_min = min(int(shape.K), int(shape.N))
+        k_max = max(int(shape.K), int(shape.N))  # w1: K=hidden; w2: K=inter (one config, both)
         if bn > next_pow2(n_max):
             return "dims", f"BLOCK_SIZE_N {bn} wider than every GEMM N (max {n_max})"
-        if bk > next_pow2(k_min) and bk > GRID["BLOCK_SIZE_K"][0]:
-            return "dims", f"BLOCK_SIZE_K {bk} wider than a GEMM K ({k_min})"
+        if bk > next_pow2(k_max):
+            return "dims", f"BLOCK_SIZE_K {bk} wider than every GEMM K (max {k_max})"
     return None
 
 

@@ -197,6 +197,8 @@ def collect(
     scheme = gpu_scheme(manifest, names)
     prefix = sglang_prefix(names)
     panels_out, metrics = [], {}
+    # with no GPU exporter in the run, an empty GPU panel names both schemes' metrics
+    other = {p.id: p.metric_names() for p in rq.panels("nvitop", prefix)} if not scheme else {}
     for panel in rq.panels(scheme or "dcgm", prefix):
         log(f"querying {panel.title}")
         plotted, missing, queries, keys = [], [], [], []
@@ -230,6 +232,8 @@ def collect(
             metric = rq.respell(metric, prefix)
             metrics[panel.histogram] = histogram_summary(prom, metric, panel, end, span)
             keys.append(panel.histogram)
+        if not plotted and panel.group == "gpu":
+            missing.extend(other.get(panel.id, ()))
         panels_out.append(
             {
                 "id": panel.id,
@@ -429,7 +433,7 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
                     }
                 )
             img = data_uri(folder / p["png"]) if p["png"] else None
-            items.append(p | {"img": img, "stats": stats})
+            items.append(p | {"img": img, "stats": stats, "why": _why_empty(p, manifest)})
         sections.append({"id": gid, "title": gtitle, "panels": items})
     services = []
     for name, svc in (manifest.get("services") or {}).items():
@@ -451,6 +455,21 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
         "empty": sum(1 for p in summary["panels"] if not p["has_data"]),
         "gpu_names": rq.GPU_SCHEMES.get(summary["gpu_scheme"] or "", {}),
     }
+
+
+def _why_empty(panel: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """One sentence for a panel without data: the run's own reason when the manifest has one."""
+    names = ", ".join(panel["missing"]) or "its metrics"
+    looked = f"Prometheus holds no samples of {names} between the run's start and end."
+    if panel["has_data"]:
+        return ""
+    gpu = (manifest.get("services") or {}).get("gpu_exporter") or {}
+    if panel["group"] == "gpu" and gpu.get("status") in ("absent", "failed"):
+        reason = gpu.get("reason") or "no reason recorded"
+        return f"No GPU exporter ran in this run ({gpu['status']}: {reason}). {looked}"
+    if panel["group"] == "serving" and manifest.get("scrapes_server") is False:
+        return f"This run did not scrape the SGLang server (scrapes_server: false). {looked}"
+    return looked
 
 
 def _human_span(s: float) -> str:

@@ -220,3 +220,20 @@ def test_waves_and_seeds():
         8: {"result": {"config": optimum(8)}, "top": []},
     }
     assert se.seeds_for(4, finished) == [optimum(1), optimum(8)]
+
+
+def test_dims_rule_keeps_tiles_that_fit_one_of_the_two_gemms():
+    qwen_tp8 = moe_shape(asset("profiles", "models", "Qwen3-30B-A3B", "config.json"), tp=8)
+    assert (qwen_tp8.K, qwen_tp8.N) == (2048, 96)
+    cfg = {
+        "BLOCK_SIZE_M": 16,
+        "BLOCK_SIZE_N": 64,
+        "BLOCK_SIZE_K": 256,
+        "GROUP_SIZE_M": 1,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
+    # w2's K is 96, but w1's K is 2048: one config serves both, so BK=256 stays
+    assert sp.why_not(cfg, qwen_tp8, None, None, 1, sp.Limits()) is None
+    tiny = sp.prune([cfg], type("S", (), {"K": 64, "N": 32})(), dtype=None, M=1)
+    assert tiny.reason(cfg).startswith("dims")

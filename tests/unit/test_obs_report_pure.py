@@ -321,3 +321,13 @@ def test_page_template_is_strict(tmp_path):
 
     with pytest.raises(UndefinedError):
         render_html(ctx)
+
+
+def test_empty_panels_give_the_runs_own_reason():
+    gpu = {"id": "gpu_util", "group": "gpu", "has_data": False, "missing": ["DCGM_FI_DEV_GPU_UTIL"]}
+    absent = {"services": {"gpu_exporter": {"status": "absent", "reason": "no GPU here"}}}
+    assert rep._why_empty(gpu, absent).startswith("No GPU exporter ran in this run (absent: no GPU")
+    serving = {"id": "queue", "group": "serving", "has_data": False, "missing": ["sglang:x"]}
+    assert "did not scrape the SGLang server" in rep._why_empty(serving, {"scrapes_server": False})
+    assert rep._why_empty(serving, {}).startswith("Prometheus holds no samples of sglang:x")
+    assert rep._why_empty(serving | {"has_data": True}, {}) == ""
