@@ -182,7 +182,7 @@ def _stratified_sample(cands: list[dict[str, int]], n: int, rng: random.Random) 
 
 
 def neighbours(cfg: dict[str, int], allowed: dict[tuple[int, ...], dict]) -> list[dict[str, int]]:
-    """Configs one grid step away in one field (and BLOCK_SIZE_M/N swapped-size moves)."""
+    """Configs one grid step away in one field, among the allowed candidates."""
     out = []
     for field_name in KEYS:
         values = GRID[field_name]
