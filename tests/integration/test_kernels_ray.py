@@ -7,6 +7,7 @@ here); the workers import it by module path. One cluster is shared by the module
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -175,3 +176,29 @@ def test_ray_resumes_an_interrupted_one_worker_run(cluster, tmp_path):
     assert started == set(BATCH_SIZES) - done_before  # finished batch sizes were not redone
     ref = serial(tmp_path)
     assert {m: r.config for m, r in res.items()} == {m: r.config for m, r in ref.items()}
+
+
+def test_run_tune_on_ray_writes_the_store_file(cluster, tmp_path):
+    """kernels.tune --ray's core with CPU workers: the same store file as the serial run."""
+    from sglkit.kernels.tasks import profile_shape, run_tune
+    from tests.unit.test_kernels_tune import make_profile, stand_in_cost
+
+    p = make_profile(tmp_path)
+    shape = profile_shape(p)
+    kw = {"device": "NVIDIA H200", "triton_version": "3.4.0", "sglang_version": "0.5.23"}
+    out, _, _ = run_tune(
+        p, shape, [1, 64, 4096], measure_factory=StandInFactory(), ray_address=None,
+        ray_options={"gpus_per_task": 0, "cpus_per_task": 1}, **kw,
+    )  # fmt: skip
+    on_ray = json.loads(out.read_text())
+    out.unlink()
+    run_tune(p, shape, [1, 64, 4096], measure=stand_in_cost, **kw)
+    assert json.loads(out.read_text()) == on_ray
+    assert out.name == "E=128,N=768,device_name=NVIDIA_H200.json"
+
+
+class StandInFactory:
+    def __call__(self):
+        from tests.unit.test_kernels_tune import stand_in_cost
+
+        return stand_in_cost
