@@ -401,3 +401,18 @@ def test_compare_prints_differences(runs, report_a, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "RUN_B" in bad.stderr
     assert sorted(x.name for x in c_dir.iterdir()) == ["manifest.json"]
+
+
+def test_a_prometheus_of_another_run_on_the_manifests_port_is_not_trusted(runs, tmp_path):
+    """Run A's folder, claiming to be live at run B's Prometheus URL (a reused port)."""
+    a, b = runs["a"], runs["b"]
+    clone = a.root / "runs" / "run-a-clone"
+    shutil.copytree(a.dir, clone, ignore=shutil.ignore_patterns("report"))
+    m = json.loads((clone / "manifest.json").read_text())
+    m.update(run_id="run-a-dcgm", status="ready")
+    m["paths"]["prometheus_data"] = str(clone / "prometheus" / "data")
+    m["services"]["prometheus"]["url"] = b.url
+    (clone / "manifest.json").write_text(json.dumps(m))
+    summary = rep.build_report(clone, tmp_path / "out")
+    assert summary["prometheus"]["how"] == "restarted"
+    assert summary["gpu_scheme"] == "dcgm"  # A's data, not B's nvitop series
