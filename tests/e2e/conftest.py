@@ -53,6 +53,8 @@ def session_label(docker_client):
     yield label
     mp.undo()
     _remove_labelled(docker_client, keep=lambda lab: lab != label)
+    # images that rebuilds left untagged (ours only: the label says sglkit built them)
+    docker_client.images.prune(filters={"dangling": True, "label": f"{engine.LABEL}=image"})
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from sglkit import manifest as manifests
+from sglkit.containers import engine
 from tests.e2e.helpers import containers_named, invoke, write_profile
 
 pytestmark = pytest.mark.requires("docker", "debootstrap")
@@ -115,3 +116,22 @@ def test_up_refuses_a_second_container_of_the_same_name(docker_client, cpu_image
         assert len(containers_named(docker_client, name)) == 1
     finally:
         invoke("container.down", "--profile", str(prof))
+
+
+def test_up_builds_a_missing_image_first(docker_client, cpu_image, tmp_path, session_label):
+    """The README's first command on a machine without the image: up builds it, then runs it."""
+    tag = f"sglkit/dev:{session_label}"
+    prof = write_profile(tmp_path, image=tag)
+    name = json.loads(prof.read_text())["container"]["name"]
+    try:
+        res = invoke("container.up", "--profile", str(prof))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"image {tag} missing; building it first" in res.stderr
+        assert f"built {tag}" in res.stderr
+        assert docker_client.images.get(tag).labels["org.sglkit.variant"] == "cpu"
+        assert "prometheus http://127.0.0.1:" in res.stdout
+    finally:
+        invoke("container.down", "--profile", str(prof))
+        if engine.image_exists(docker_client, tag):
+            docker_client.images.remove(tag)
+    assert containers_named(docker_client, name) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,3 +281,55 @@ def test_dev_ids_map_root_to_1000(monkeypatch):
     monkeypatch.setenv("SUDO_UID", "1234")
     monkeypatch.setenv("SUDO_GID", "99")
     assert build.dev_ids() == (1234, 99)
+
+
+def test_devcontainer_runs_the_storage_step_on_the_host_first(tmp_path):
+    p = _profile(tmp_path)
+    data = json.loads(render.devcontainer(devcontainer.plan(p, tmp_path)))
+    init = data["initializeCommand"]
+    assert init[0] == "env" and init[1] == f"PYTHONPATH={paths.home()}"
+    assert init[3:] == ["-m", "sglkit.containers", "storage", "--profile", str(p.path.resolve())]
+
+
+def test_storage_creates_folders_and_refuses_an_unreadable_profile_folder(tmp_path):
+    p = _profile(tmp_path)
+    dirs = lifecycle.host_dirs(p)
+    uid, gid = os.getuid(), os.getgid()
+    made = lifecycle.prepare_storage(dirs, uid, gid)
+    assert sorted(made) == sorted(dirs[k] for k in ("models", "cache", "telemetry"))
+    assert all(d.is_dir() for d in made)
+    dirs["profiles"].chmod(0o700)
+    other = uid + 1 if uid else 1000  # a user who is neither owner nor in the group
+    with pytest.raises(SglkitError, match="is not readable by the container's user"):
+        lifecycle.prepare_storage(dirs, other, gid + 1)
+    dirs["profiles"].chmod(0o755)
+    lifecycle.prepare_storage(dirs, uid, gid)  # readable again: no error
+
+
+def test_python_m_entry_point_runs_the_storage_step(tmp_path):
+    p = _profile(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "sglkit.containers", "storage", "--profile", str(p.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=paths.home(),
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "tel").is_dir() and (tmp_path / "cache").is_dir()
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sglkit.containers",
+            "storage",
+            "--profile",
+            str(tmp_path / "no.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=paths.home(),
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'no.yaml'}: profile not found"]
