@@ -136,6 +136,14 @@ def overhead(pid: int, seconds: float) -> dict:
     }
 
 
+def seconds(duration: str) -> float:
+    """'5s' / '500ms' / '1m' -> seconds."""
+    for suffix, scale in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if duration.endswith(suffix):
+            return float(duration[: -len(suffix)]) * scale
+    raise ValueError(duration)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=5, help="start-up runs (default 5)")
@@ -156,15 +164,29 @@ def main() -> None:
     print()
     print(f"stack_ready: profile {a.profile}, scrape interval {interval}, N={a.n} ({host})")
     print()
-    print("| measure | median | max |")
-    print("| --- | --- | --- |")
-    print(f"| start -> manifest ready | {statistics.median(ready):.2f} s | {max(ready):.2f} s |")
-    print(f"| start -> every target up | {statistics.median(up):.2f} s | {max(up):.2f} s |")
+    goal_up = seconds(interval) + 2
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    print("| measure | median | max | goal |")
+    print("| --- | --- | --- | --- |")
+    print(f"| start -> manifest ready | {statistics.median(ready):.2f} s | {max(ready):.2f} s | |")
+    print(
+        f"| start -> every target up | {statistics.median(up):.2f} s | {max(up):.2f} s "
+        f"| <= {goal_up:g} s (interval + 2 s): {met(max(up) <= goal_up)} |"
+    )
     print()
-    print(f"| stack overhead over {o['window']:.0f} s (init-run + children) | value |")
-    print("| --- | --- |")
-    print(f"| CPU | {o['cpu_s_per_min']:.2f} CPU-s/min ({o['cpu_pct_core']:.2f}% of one core) |")
-    print(f"| resident memory | mean {o['rss_mean']:.0f} MiB, max {o['rss_max']:.0f} MiB |")
+    print(f"| stack overhead over {o['window']:.0f} s (init-run + children) | value | goal |")
+    print("| --- | --- | --- |")
+    print(
+        f"| CPU | {o['cpu_s_per_min']:.2f} CPU-s/min ({o['cpu_pct_core']:.2f}% of one core) "
+        f"| < 2% of one core: {met(o['cpu_pct_core'] < 2)} |"
+    )
+    print(
+        f"| resident memory | mean {o['rss_mean']:.0f} MiB, max {o['rss_max']:.0f} MiB "
+        f"| < 150 MiB: {met(o['rss_max'] < 150)} |"
+    )
     print()
     print(f"rerun: {cmd}")
 

@@ -402,6 +402,7 @@ class InitRun:
                 elif not s.healthy and self.check_health(s):
                     s.healthy = True
                     s.status = "running"
+                    s.reason = None  # the restart history keeps why it was restarted
                     self.say(f"{s.name}: healthy at {s.spec.health_url}")
                     changed = True
             elif s.status == "restarting" and now >= s.next_start:

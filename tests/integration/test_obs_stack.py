@@ -197,6 +197,8 @@ def test_run_lifecycle_ready_targets_restart_and_clean_stop(tmp_path, stacks):
     assert ne["pid"] != old
     assert ne["restart_history"][0]["exit_code"] == -signal.SIGKILL
     assert ne["restart_history"][0]["at"].endswith("Z")
+    assert ne["restart_history"][0]["reason"] == "exited with code -9"
+    assert ne["reason"] is None  # running again; the history says why it restarted
     assert m["status"] == "ready"
     s.wait_targets(m, {"prometheus": "up", "node": "up"})
 
