@@ -434,7 +434,12 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
                 )
             img = data_uri(folder / p["png"]) if p["png"] else None
             items.append(p | {"img": img, "stats": stats, "why": _why_empty(p, manifest)})
-        sections.append({"id": gid, "title": gtitle, "panels": items})
+        # a whole group without data, for a reason the run recorded: one box, not one per panel
+        reason = _run_reason(gid, manifest)
+        all_empty = bool(items) and not any(p["has_data"] for p in items) and bool(reason)
+        sections.append(
+            {"id": gid, "title": gtitle, "panels": items, "all_empty": all_empty, "reason": reason}
+        )
     services = []
     for name, svc in (manifest.get("services") or {}).items():
         svc = svc or {}
@@ -457,19 +462,25 @@ def page_context(summary, manifest, run_dir: Path, folder: Path, data_uri) -> di
     }
 
 
+def _run_reason(group: str, manifest: dict[str, Any]) -> str:
+    """Why a whole group of panels can have no data, from the manifest; "" when it says nothing."""
+    gpu = (manifest.get("services") or {}).get("gpu_exporter") or {}
+    if group == "gpu" and gpu.get("status") in ("absent", "failed"):
+        reason = gpu.get("reason") or "no reason recorded"
+        return f"No GPU exporter ran in this run ({gpu['status']}: {reason})."
+    if group == "serving" and manifest.get("scrapes_server") is False:
+        return "This run did not scrape the SGLang server (scrapes_server: false)."
+    return ""
+
+
 def _why_empty(panel: dict[str, Any], manifest: dict[str, Any]) -> str:
     """One sentence for a panel without data: the run's own reason when the manifest has one."""
-    names = ", ".join(panel["missing"]) or "its metrics"
-    looked = f"Prometheus holds no samples of {names} between the run's start and end."
     if panel["has_data"]:
         return ""
-    gpu = (manifest.get("services") or {}).get("gpu_exporter") or {}
-    if panel["group"] == "gpu" and gpu.get("status") in ("absent", "failed"):
-        reason = gpu.get("reason") or "no reason recorded"
-        return f"No GPU exporter ran in this run ({gpu['status']}: {reason}). {looked}"
-    if panel["group"] == "serving" and manifest.get("scrapes_server") is False:
-        return f"This run did not scrape the SGLang server (scrapes_server: false). {looked}"
-    return looked
+    names = ", ".join(panel["missing"]) or "its metrics"
+    looked = f"Prometheus holds no samples of {names} between the run's start and end."
+    reason = _run_reason(panel["group"], manifest)
+    return f"{reason} {looked}" if reason else looked
 
 
 def _human_span(s: float) -> str:

@@ -331,3 +331,14 @@ def test_empty_panels_give_the_runs_own_reason():
     assert "did not scrape the SGLang server" in rep._why_empty(serving, {"scrapes_server": False})
     assert rep._why_empty(serving, {}).startswith("Prometheus holds no samples of sglang:x")
     assert rep._why_empty(serving | {"has_data": True}, {}) == ""
+
+
+def test_a_group_empty_for_a_recorded_reason_gets_one_box(tmp_path):
+    s = _summary()
+    manifest = {"services": {}, "scrapes_server": False}
+    ctx = rep.page_context(s, manifest, tmp_path, tmp_path, None)
+    serving = next(sec for sec in ctx["sections"] if sec["id"] == "serving")
+    assert serving["all_empty"] and "did not scrape the SGLang server" in serving["reason"]
+    html = render_html(ctx)
+    assert "No data for any Serving (SGLang) panel" in html
+    assert html.count('data-nodata="true"') == 1 and "No data in this run." not in html
