@@ -191,3 +191,12 @@ def read_meta_env(path: str | os.PathLike) -> dict[str, str]:
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+def pid_namespace() -> str | None:
+    """This process' pid namespace ('pid:[4026531836]'): a manifest's pid means something only
+    in the same namespace (a run inside a container records the container's)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

@@ -257,6 +257,7 @@ class InitRun:
             },
             "host": self.host,
             "pid": os.getpid(),
+            "pid_ns": mf.pid_namespace(),
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "ended_at": self.ended_at,

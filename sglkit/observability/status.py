@@ -52,6 +52,19 @@ def age(ts: str | None, now: _dt.datetime | None = None) -> str:
     return f"{max((now - when).total_seconds(), 0):.1f}s ago"
 
 
+def init_run_alive(m: dict[str, Any]) -> bool:
+    """False when init-run ran in this host's pid namespace and its pid is gone (or a zombie)."""
+    pid = m.get("pid")
+    if not pid or m.get("host") != mf.hostname() or m.get("pid_ns") != mf.pid_namespace():
+        return True  # another host or another pid namespace (a container): cannot tell here
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def collect(root: str | Path) -> dict[str, Any]:
     """Everything obs.status prints, as data: the manifest and the targets (or why none)."""
     run = mf.latest_run_dir(root)
@@ -62,6 +75,12 @@ def collect(root: str | Path) -> dict[str, Any]:
     result: dict[str, Any] = {"manifest": m, "run_dir": str(run), "targets": [], "error": None}
     if m["status"] in ("stopped", "failed"):
         result["error"] = f"run {m['run_id']} is {m['status']} (ended {m.get('ended_at')})"
+        return result
+    if not init_run_alive(m):
+        result["error"] = (
+            f"run {m['run_id']} says {m['status']} but its init-run (pid {m.get('pid')}) is gone: "
+            "it ended without finalizing the manifest"
+        )
         return result
     if prom.get("status") != "running" or not prom.get("url"):
         result["error"] = f"prometheus is {prom.get('status')}: {prom.get('reason')}"

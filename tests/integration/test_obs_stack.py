@@ -218,10 +218,9 @@ def test_status_task_and_catalog_check_against_a_scraped_server(tmp_path, stacks
     s = start(stacks, tmp_path, "--ports", "auto", "--server-metrics", "on", profile=profile)
     m = s.wait(lambda m: m["status"] == "ready", "ready")
     s.wait_targets(m, {"prometheus": "up", "node": "up", "sglang": "down"})
-    invoke = [sys.executable, "-m", "invoke"]
     env = {**os.environ, "COLUMNS": "200"}
     r = subprocess.run(
-        [*invoke, "obs.status", "--root", str(s.root)],
+        [*INVOKE, "obs.status", "--root", str(s.root)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -240,7 +239,7 @@ def test_status_task_and_catalog_check_against_a_scraped_server(tmp_path, stacks
     try:
         s.wait_targets(m, {"prometheus": "up", "node": "up", "sglang": "up"})
         r = subprocess.run(
-            [*invoke, "obs.status", "--root", str(s.root), "--json"],
+            [*INVOKE, "obs.status", "--root", str(s.root), "--json"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -251,7 +250,7 @@ def test_status_task_and_catalog_check_against_a_scraped_server(tmp_path, stacks
         assert out["problems"] == []
         assert {t["job"] for t in out["targets"]} == {"prometheus", "node", "sglang"}
         r = subprocess.run(
-            [*invoke, "obs.catalog", "--check", f"http://127.0.0.1:{server_port}/metrics"],
+            [*INVOKE, "obs.catalog", "--check", f"http://127.0.0.1:{server_port}/metrics"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -264,6 +263,16 @@ def test_status_task_and_catalog_check_against_a_scraped_server(tmp_path, stacks
         standin.terminate()
         standin.wait(timeout=30)
     assert s.stop(signal.SIGINT) == 0
+    r = subprocess.run(
+        [*INVOKE, "obs.status", "--root", str(s.root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 1
+    assert f"run {m['run_id']} is stopped" in r.stderr
 
 
 # ---- faults ---------------------------------------------------------------------------------------

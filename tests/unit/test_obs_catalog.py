@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sglkit import manifest as mf
 from sglkit import paths
 from sglkit.errors import ConfigError
 from sglkit.observability import catalog as cat
@@ -147,3 +151,14 @@ def test_status_problems_are_down_targets_not_pending_ones():
         "sglang u is down: connection refused"
     ]
     assert st.problems({"error": "prometheus is failed", "targets": []}) == ["prometheus is failed"]
+
+
+def test_status_notices_a_run_whose_init_run_is_gone(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = {"host": mf.hostname(), "pid_ns": mf.pid_namespace()}
+    assert st.init_run_alive({**here, "pid": os.getpid()})
+    assert not st.init_run_alive({**here, "pid": dead.pid})
+    # another host or pid namespace: cannot tell, so not reported as gone
+    assert st.init_run_alive({**here, "pid": dead.pid, "host": "elsewhere"})
+    assert st.init_run_alive({**here, "pid": dead.pid, "pid_ns": "pid:[1]"})
