@@ -306,7 +306,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
             (
                 Line(
                     "host_cpu_busy_pct",
-                    "CPU busy",
+                    "all cores",
                     "100 * (1 - avg(rate(" + NODE["cpu_seconds"] + '{mode="idle"}[{w}])))',
                     metrics=(NODE["cpu_seconds"],),
                 ),
@@ -320,7 +320,7 @@ def _panels(gpu_scheme: str) -> list[Panel]:
             (
                 Line(
                     "host_memory_used_gib",
-                    "used (total − available)",
+                    "total − available",
                     f"sum({NODE['mem_total']} - {NODE['mem_available']}) / 1073741824",
                     metrics=(NODE["mem_total"], NODE["mem_available"]),
                 ),

@@ -65,7 +65,10 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per metric and statistic present in either summary: values, change, change %."""
     rows = []
     ma, mb = a.get("metrics", {}), b.get("metrics", {})
-    for key in sorted(set(ma) | set(mb), key=lambda k: (list(ma) + list(mb)).index(k)):
+    # page order (the panels' keys), then anything else by name; summary.json sorts its keys
+    order = [k for s in (a, b) for p in s.get("panels", []) for k in p.get("keys", [])]
+    rank = {k: i for i, k in reversed(list(enumerate(order)))}
+    for key in sorted(set(ma) | set(mb), key=lambda k: (rank.get(k, len(rank)), k)):
         ea, eb = ma.get(key) or {}, mb.get(key) or {}
         stats = [s for s in ("mean", "p50", "p90", "p99", "max") if s in ea or s in eb]
         for stat in stats:
@@ -73,6 +76,8 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
             if va is None and vb is None:
                 continue
             delta = vb - va if va is not None and vb is not None else None
+            if delta is not None and abs(delta) <= 1e-9 * max(abs(va), abs(vb)):
+                delta = 0.0  # float noise, not a difference
             pct = None
             if delta is not None and va not in (None, 0):
                 pct = 100.0 * delta / abs(va)

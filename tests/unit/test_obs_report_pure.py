@@ -342,3 +342,14 @@ def test_a_group_empty_for_a_recorded_reason_gets_one_box(tmp_path):
     html = render_html(ctx)
     assert "No data for any Serving (SGLang) panel" in html
     assert html.count('data-nodata="true"') == 1 and "No data in this run." not in html
+
+
+def test_compare_rows_follow_page_order_and_ignore_float_noise():
+    a = {
+        "panels": [{"keys": ["z_first"]}, {"keys": ["a_second"]}],
+        "metrics": {"a_second": {"mean": 1.0}, "z_first": {"mean": 5.96}, "extra": {"mean": 1}},
+    }
+    b = {"metrics": {"a_second": {"mean": 1.0}, "z_first": {"mean": 5.96 + 8.88e-16}}}
+    rows = compare_rows(a, b)
+    assert [r["metric"] for r in rows] == ["z_first", "a_second", "extra"]
+    assert rows[0]["delta"] == 0.0 and rows[0]["pct"] == 0.0
