@@ -236,6 +236,7 @@ class InitRun:
         self.stopping = False
         self.versions: dict[str, str | None] = {}
         self._wake_r = self._wake_w = -1
+        self.pid1 = os.getpid() == 1
 
     # ---- output -----------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -385,8 +386,26 @@ class InitRun:
             return False
         return r.status_code == 200
 
+    def reap_orphans(self) -> None:
+        """As PID 1 (a container entrypoint without --init), reap orphans the services leave.
+
+        WNOWAIT peeks first, so a service's own exit status stays for its Popen to collect.
+        """
+        ours = {s.proc.pid for s in self.services.values() if s.proc is not None}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in ours:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
     def step(self) -> bool:
         """One supervision pass; True when the manifest changed."""
+        if self.pid1:
+            self.reap_orphans()
         changed = False
         now = time.monotonic()
         for s in self.services.values():

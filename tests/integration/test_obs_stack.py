@@ -468,3 +468,52 @@ def test_bind_all_interfaces_records_loopback_urls(tmp_path, stacks):
     assert listening <= {"0.0.0.0", "::"} and listening
     s.wait_targets(m, {"prometheus": "up", "node": "up"})
     assert s.stop() == 0
+
+
+@pytest.mark.skipif(not __import__("shutil").which("unshare"), reason="needs util-linux unshare")
+def test_as_pid_1_it_reaps_orphans_a_service_leaves(tmp_path):
+    """The container entrypoint case without --init: init-run is PID 1 of a pid namespace."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a pid namespace here")
+    path = only_on_path(
+        tmp_path,
+        {
+            "prometheus": which("prometheus"),
+            "prometheus-node-exporter": str(FAULTS / "orphan-then-crash.sh"),
+        },
+    )
+    profile, _ = make_profile(tmp_path)
+    root = tmp_path / "telemetry"
+    argv = [which("unshare"), "--pid", "--fork", "--mount-proc", sys.executable]
+    argv += ["-m", "sglkit.observability.init_run", "--profile", str(profile), "--root", str(root)]
+    argv += ["--ports", "auto", "--max-restarts", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path}
+    outer = subprocess.Popen(argv, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        init = wait_for(lambda: psutil.Process(outer.pid).children(), 30, what="init-run")[0]
+
+        def orphan():
+            return [c for c in init.children() if c.name() == "sleep"]
+
+        m = wait_for(
+            lambda: (
+                (run := mf.latest_run_dir(root))
+                and (x := mf.read(run))["services"]["node_exporter"]["status"] == "failed"
+                and x
+            ),
+            SLOW,
+            what="node_exporter given up",
+        )
+        assert m["pid"] == 1
+        # the orphan was re-parented to init-run, lives 2 s, and is then reaped (no zombie)
+        wait_for(orphan, 30, what="the orphan re-parented to init-run")
+        wait_for(lambda: not orphan(), 30, what="the orphan reaped, not left a zombie")
+        init.send_signal(signal.SIGTERM)
+        _, err = outer.communicate(timeout=60)
+        assert outer.returncode == 0, err
+        assert mf.read(Path(m["paths"]["run_dir"]))["status"] == "stopped"
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait(timeout=30)
