@@ -26,6 +26,7 @@ from sglkit import paths
 from sglkit import profile as profiles
 from sglkit.net import free_port, wait_for
 from sglkit.observability import config as promconfig
+from sglkit.observability import tracing
 from sglkit.observability.services import PORT_NAMES
 
 pytestmark = pytest.mark.requires("prometheus", "node_exporter")
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.requires("prometheus", "node_exporter")
 REPO = paths.home()
 FAULTS = Path(__file__).parent.parent / "fixtures" / "obs_faults"
 STANDIN = Path(__file__).parent.parent / "fixtures" / "standin_sglang_metrics.py"
+STANDIN_JAEGER = Path(__file__).parent.parent / "fixtures" / "standin_jaeger.py"
 INVOKE = [sys.executable, "-m", "invoke"]
 SLOW = 90  # deadlines: generous, the machine is shared and has 2 cores
 
@@ -53,11 +55,13 @@ def make_profile(tmp_path: Path, **telemetry) -> tuple[Path, int]:
 class Stack:
     """One init-run process and what it wrote."""
 
-    def __init__(self, tmp_path: Path, *args: str, path_env: str | None = None, profile=None):
+    def __init__(
+        self, tmp_path: Path, *args: str, path_env: str | None = None, profile=None, env=None
+    ):
         self.root = tmp_path / "telemetry"
         self.profile = profile or make_profile(tmp_path)[0]
         self.stderr_path = tmp_path / f"init-run-{len(list(tmp_path.glob('init-run-*')))}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         if path_env is not None:
             env["PATH"] = path_env
         argv = [sys.executable, "-m", "sglkit.observability.init_run"]
@@ -517,3 +521,43 @@ def test_as_pid_1_it_reaps_orphans_a_service_leaves(tmp_path):
         if outer.poll() is None:
             outer.kill()
             outer.wait(timeout=30)
+
+
+def test_tracing_wires_jaeger_into_the_run_and_the_server_argv(tmp_path, stacks):
+    """Jaeger cannot be installed here: a stand-in takes its place to check the wiring."""
+    profile, _ = make_profile(tmp_path, tracing=True)
+    bindir = tmp_path / "jaeger-bin"
+    bindir.mkdir()
+    (bindir / "jaeger-all-in-one").symlink_to(STANDIN_JAEGER)
+    record = tmp_path / "jaeger-argv.json"
+    s = start(
+        stacks,
+        tmp_path,
+        "--ports",
+        "auto",
+        profile=profile,
+        path_env=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        env={"STANDIN_JAEGER_RECORD": str(record)},
+    )
+    m = s.wait(lambda m: m["status"] == "ready", "ready with jaeger")
+    j = m["services"]["jaeger"]
+    assert j["status"] == "running" and j["kind"] == "jaeger"
+    assert j["ui_url"] == j["url"] and j["ui_url"].startswith("http://127.0.0.1:")
+    host, port = j["otlp_endpoint"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+    socket.create_connection((host, int(port)), timeout=5).close()
+    argv = json.loads(record.read_text())
+    listeners = [a.split("=", 1)[1] for a in argv if "host-port=" in a]
+    assert listeners and all(hp.startswith("127.0.0.1:") for hp in listeners)
+    assert f"--collector.otlp.grpc.host-port={j['otlp_endpoint']}" in argv
+    s.wait_targets(m, {"prometheus": "up", "node": "up", "jaeger": "up"})
+    server = tracing.server_argv(profiles.load(profile), m)
+    assert server[-3:] == ["--enable-trace", "--otlp-traces-endpoint", j["otlp_endpoint"]]
+    meta = mf.read_meta_env(s.root / mf.META_ENV)
+    assert meta["SGLKIT_OTLP_ENDPOINT"] == j["otlp_endpoint"]
+    assert meta["SGLKIT_JAEGER_UI_URL"] == j["ui_url"]
+    assert s.stop() == 0
+    m = s.manifest()
+    assert m["services"]["jaeger"]["status"] == "stopped"
+    assert tracing.otlp_endpoint(m) is None  # a stopped run gives no endpoint
+    assert not [p for p in s.seen_pids if alive(p)]
