@@ -10,8 +10,10 @@ Per model: the copy bandwidth of this GPU (same run), then per batch size SGLang
 config time, our tuned time, the speedup, and the fraction of copy bandwidth reached (expert
 weight bytes read / time); the tuning wall time; on --exhaustive-at batch sizes, the exhaustive
 search over the same pruned candidate space, our distance to its optimum and the time ratio.
-Writes the store files (SGLang's exact names, into OUT/configs/triton_X_Y_Z/) and a JSON and
-markdown report into OUT; prints the table last.
+Writes OUT/store_<model>.json (the store file's content; report.json gives its exact SGLang
+file name, which the device tool cannot carry back as a name), OUT/report.json and
+OUT/report.md; prints the table last. --install-store copies store files into
+kernels/configs/triton_X_Y_Z/ under their SGLang names.
 """
 
 from __future__ import annotations
@@ -315,9 +317,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tv = "triton_" + triton.__version__.replace(".", "_")
-    store = out / "configs" / tv
-    store.mkdir(parents=True, exist_ok=True)
+    store = out  # store_<model>.json; report.json gives each one's SGLang file name
     dev = device_name()
     copy_bw = bench.copy_bandwidth()
     print(f"device {dev}, triton {triton.__version__}, torch {torch.__version__}, "
@@ -327,6 +327,7 @@ def run(args) -> int:
     pool = bench.CompilePool()
     deadline = time.monotonic() + args.budget
     ex_at = [int(x) for x in args.exhaustive_at.split(",") if x]
+    jobs = []
     for name in args.models.split(","):
         dims = model_dims(name)
         measure = bench.make_measure(dims, pool=pool)
@@ -348,7 +349,8 @@ def run(args) -> int:
                 break
             t0 = time.perf_counter()
             c0 = pool.seconds
-            dflt = bench.default_config(dims, M)
+            # bf16 defaults leave num_warps/num_stages to Triton (3.6: 4 and 3)
+            dflt = {"num_warps": 4, "num_stages": 3, **bench.default_config(dims, M)}
             seeds = [dflt, *prev]
             best, _, evals = search_one(measure, space, M, dims, seeds, seed=M)
             search_s[M] = time.perf_counter() - t0
@@ -361,7 +363,7 @@ def run(args) -> int:
             t_def = measure(dflt, M, reps=50)
             t_tun = measure(best, M, reps=50)
             if t_def < t_tun:  # the search's pick lost the final run-off: keep the default
-                best = {"num_warps": 4, "num_stages": 3, **dflt}  # Triton 3.6's own defaults
+                best = dflt
                 tuned[M], prev = best, [best]
                 t_tun = measure(best, M, reps=50)
             g_def = b.time(dflt, M, reps=30, what="gemms")
@@ -379,8 +381,12 @@ def run(args) -> int:
                   f"x{t_def / t_tun:5.2f} copy-frac layer {row['frac_copy_layer']:.2f} gemms "
                   f"{row['frac_copy_gemms']:.2f} evals {evals} {search_s[M]:.1f}s {best}",
                   flush=True)  # fmt: skip
-            _save(out, store, fname, tuned, report)
-        rep["tune_wall_s"] = time.perf_counter() - t_model
+            _save(out, store, name, tuned, report)
+        rep["tune_wall_s"] = sum(search_s.values())  # the searches alone
+        rep["model_wall_s"] = time.perf_counter() - t_model  # with the side-by-side re-runs
+        jobs.append((name, dims, measure, space, fname, tuned, search_s, rep))
+    # exhaustive searches last, so a tight budget still tunes every model
+    for name, _dims, measure, space, _fname, tuned, search_s, rep in jobs:
         for M in ex_at:
             if M not in tuned or time.monotonic() > deadline:
                 continue
@@ -394,24 +400,22 @@ def run(args) -> int:
                      time_ratio=search_s[M] / ex_s, evals=n, ours=tuned[M],
                      optimum=ebest)  # fmt: skip
             rep["exhaustive"].append(e)
-            print(f"exhaustive M={M}: optimum {theirs * 1e6:.1f} us, ours {ours * 1e6:.1f} us "
-                  f"gap {e['gap'] * 100:+.1f}%, time {search_s[M]:.0f}s vs {ex_s:.0f}s "
-                  f"= {e['time_ratio'] * 100:.1f}%", flush=True)  # fmt: skip
-            _save(out, store, fname, tuned, report)
-        del measure, b
-        torch.cuda.empty_cache()
+            print(f"{name} exhaustive M={M}: optimum {theirs * 1e6:.1f} us, ours "
+                  f"{ours * 1e6:.1f} us gap {e['gap'] * 100:+.1f}%, time {search_s[M]:.0f}s "
+                  f"vs {ex_s:.0f}s = {e['time_ratio'] * 100:.1f}%", flush=True)  # fmt: skip
+            _save(out, store, name, tuned, report)
     pool.close()
     _save(out, None, None, None, report)
     print(markdown(report))
     return 0
 
 
-def _save(out: Path, store, fname, tuned, report) -> None:
+def _save(out: Path, store, name, tuned, report) -> None:
     if store is not None and tuned:
         body = {str(m): c for m, c in sorted(tuned.items())}
-        tmp = store / (fname + ".tmp")
+        tmp = store / f"store_{name}.json.tmp"
         tmp.write_text(json.dumps(body, indent=4) + "\n")
-        os.replace(tmp, store / fname)
+        os.replace(tmp, store / f"store_{name}.json")
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "report.md").write_text(markdown(report))
 
@@ -444,6 +448,25 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def install_store(results: Path, store: Path = ROOT / "kernels") -> int:
+    """Copy a run's store_<model>.json files to store/configs/triton_X_Y_Z/<SGLang name>."""
+    report = json.loads((results / "report.json").read_text())
+    folder = store / "configs" / ("triton_" + report["triton"].replace(".", "_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rep in report["models"].items():
+        src = results / f"store_{name}.json"
+        if not src.exists():
+            continue
+        body = json.loads(src.read_text())
+        if not body or not all(k.isdigit() for k in body):
+            raise SystemExit(f"--install-store: {src} is not a store file")
+        tmp = folder / (rep["file"] + ".tmp")
+        tmp.write_text(json.dumps(body, indent=4) + "\n")
+        os.replace(tmp, folder / rep["file"])
+        print(folder / rep["file"])
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "tune-out"))
@@ -452,7 +475,14 @@ def main(argv=None) -> int:
     p.add_argument("--exhaustive-at", default="1,16,256")
     p.add_argument("--budget", type=float, default=1e9, help="seconds; stop starting new work")
     p.add_argument("--explore", action="store_true")
+    p.add_argument(
+        "--install-store",
+        metavar="RESULTS",
+        help="copy RESULTS/store_<model>.json into kernels/configs/ under SGLang's names",
+    )
     args = p.parse_args(argv)
+    if args.install_store:
+        return install_store(Path(args.install_store))
     if args.explore:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,10 @@ def test_layer_matches_float32_reference(mk, bench, dims, M):
     d = mk.MoEDims(**dims)
     cfg = bench.default_config(d, M)
     err = bench.reference_check(d, None, cfg, M, mirror_quant=True)
-    assert err < 1e-2, f"relative error {err:.2e} with SGLang's default config {cfg}"
+    # bf16 on H200: ~4e-3. fp8: ~1.3e-2 even mirrored (an fp8 rounding flip of the intermediate
+    # moves an element by up to 1/16), against ~4e-2 unmirrored
+    limit = 2.5e-2 if d.fp8 else 1e-2
+    assert err < limit, f"relative error {err:.2e} with SGLang's default config {cfg}"
 
 
 def test_fp8_error_without_mirroring_is_the_quantization(mk, bench):
