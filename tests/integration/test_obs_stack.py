@@ -550,6 +550,7 @@ def test_tracing_wires_jaeger_into_the_run_and_the_server_argv(tmp_path, stacks)
     listeners = [a.split("=", 1)[1] for a in argv if "host-port=" in a]
     assert listeners and all(hp.startswith("127.0.0.1:") for hp in listeners)
     assert f"--collector.otlp.grpc.host-port={j['otlp_endpoint']}" in argv
+    assert m["versions"]["jaeger"] == "standin-jaeger (not Jaeger)"
     s.wait_targets(m, {"prometheus": "up", "node": "up", "jaeger": "up"})
     server = tracing.server_argv(profiles.load(profile), m)
     assert server[-3:] == ["--enable-trace", "--otlp-traces-endpoint", j["otlp_endpoint"]]
