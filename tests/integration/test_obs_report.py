@@ -263,14 +263,16 @@ def test_stopped_run_report_matches_served_values(runs, report_a):
     assert summary["scrape_interval_s"] == SCRAPE
     m = summary["metrics"]
 
-    # counters: rates are constant, so every rate sample is the served rate
+    # counters: rates are constant, so rate samples are the served rate, except the first few,
+    # whose windows reach back before the first scrape (Prometheus extrapolates less there)
     for key, name in (
         ("request_throughput_rps", "sglang:num_requests_total"),
         ("prompt_tokens_per_s", "sglang:prompt_tokens_total"),
         ("generation_tokens_per_s", "sglang:generation_tokens_total"),
     ):
         assert m[key]["p50"] == pytest.approx(SI.RATES[name], rel=0.05), key
-        assert m[key]["mean"] == pytest.approx(SI.RATES[name], rel=0.10), key
+        assert m[key]["max"] == pytest.approx(SI.RATES[name], rel=0.05), key
+        assert 0.8 * SI.RATES[name] <= m[key]["mean"] <= 1.02 * SI.RATES[name], key
 
     # gauges: the cycle's extremes are seen exactly; sampled together they keep their relations
     run = m["running_reqs"]
