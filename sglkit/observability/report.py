@@ -291,6 +291,12 @@ def build_report(
     run_dir: Path, out: Path | None = None, log: Log = _no_log, ready_timeout: float = 120.0
 ) -> dict[str, Any]:
     """Query, plot, render and write <out> (default <run>/report) in one atomic swap."""
+    try:
+        import matplotlib  # noqa: F401  (the one optional dependency: the `report` extra)
+    except ImportError:
+        raise SglkitError(
+            "obs.report needs matplotlib: pip install 'sglkit[report]' (pinned in pyproject.toml)"
+        ) from None
     from sglkit.observability.report_render import data_uri, plot_panel, render_html
 
     manifest = read_manifest(run_dir)
