@@ -562,3 +562,32 @@ def test_tracing_wires_jaeger_into_the_run_and_the_server_argv(tmp_path, stacks)
     assert m["services"]["jaeger"]["status"] == "stopped"
     assert tracing.otlp_endpoint(m) is None  # a stopped run gives no endpoint
     assert not [p for p in s.seen_pids if alive(p)]
+
+
+def test_two_runs_on_one_root_never_touch_each_other(tmp_path, stacks):
+    profile, _ = make_profile(tmp_path)
+    a = start(stacks, tmp_path, "--ports", "auto", "--run-id", "run-a", profile=profile)
+    ma = a.wait(lambda m: m["status"] == "ready", "run a ready")
+    b = start(stacks, tmp_path, "--ports", "auto", "--run-id", "run-b", profile=profile)
+    wait_for(
+        lambda: (
+            (b.root / "runs" / "run-b" / "manifest.json").is_file()
+            and mf.read(b.root / "runs" / "run-b")["status"] == "ready"
+        ),
+        SLOW,
+        what="run b ready",
+    )
+    assert os.readlink(a.root / "latest") == os.path.join("runs", "run-b")
+    # run a keeps supervising its own services and writes only its own manifest
+    os.kill(ma["services"]["node_exporter"]["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: mf.read(a.root / "runs" / "run-a")["services"]["node_exporter"]["restarts"] == 1,
+        SLOW,
+        what="run a restarted its node_exporter",
+    )
+    meta = mf.read_meta_env(a.root / mf.META_ENV)
+    assert meta["SGLKIT_RUN_ID"] == "run-b"
+    assert mf.read(a.root / "runs" / "run-b")["services"]["node_exporter"]["restarts"] == 0
+    assert a.stop() == 0 and b.stop() == 0
+    assert mf.read_meta_env(a.root / mf.META_ENV)["SGLKIT_RUN_STATUS"] == "stopped"
+    assert mf.read(a.root / "runs" / "run-a")["status"] == "stopped"
