@@ -349,6 +349,7 @@ def exhaustive(
     params = SearchParams()
     t0 = time.monotonic()
     ev = Evaluator(measure, M, params)
+    ev.prefetch(candidates, FULL_REPS_LEVEL)  # parallel compile, as search_one gets per round
     best_t, best_k = math.inf, None
     for i, c in enumerate(candidates):
         t = ev(c, FULL_REPS_LEVEL)

@@ -6,6 +6,14 @@ expert for DeepSeek V3/V3.2, GLM-4 MoE, Mistral Large 3, Llama 4 (unless fusion 
 `shard_intermediate_size = 2 * intermediate / (tp / ep)` (gate and up, fused) and the N of the
 file name is half of it (w2.shape[2]). Multimodal models: the architecture and the
 quantization_config come from the top level, the sizes from `text_config`.
+
+top-k: with shared-expert fusion the fused-MoE kernel gets `num_experts_per_tok + 1` ids per
+token (the shared expert is appended to every token's routing). SGLang 0.5.23 server:
+models/deepseek_v2.py `top_k_for_moe = config.num_experts_per_tok + num_fused_shared_experts`,
+models/glm4_moe.py `top_k=self.top_k + self.num_fused_shared_experts`. Upstream's tuner adds the
++1 only when it replays recorded routing (`--topk-ids-dir`), since its random routing cannot
+reproduce an always-hit expert; we follow the server, which is what the tuned configs serve.
+Llama 4 keeps the tuner's E + 1 but top-k as configured (0.5.23's llama4.py fuses nothing).
 """
 
 from __future__ import annotations
@@ -196,7 +204,8 @@ def moe_shape(
     elif arch in DEEPSEEK_LIKE:
         fused = shared_experts_fusion and arch in SHARED_FUSION
         E = int(_need(cfg, "n_routed_experts", where)) // ep + (1 if fused else 0)
-        topk = int(_need(cfg, "num_experts_per_tok", where))
+        # the fused shared expert is routed to every token: the kernel sees top-k + 1
+        topk = int(_need(cfg, "num_experts_per_tok", where)) + (1 if fused else 0)
         inter = int(_need(cfg, "moe_intermediate_size", where))
     elif arch == "Llama4ForConditionalGeneration":
         fused = shared_experts_fusion

@@ -226,11 +226,16 @@ def state_path_for(p: profiles.Profile, file_name: str, triton_v: str) -> Path:
     )
 
 
-def gpu_measure(shape: MoEShape, down: bool = False):
-    """measure(config, M) on this process's GPU (built lazily: imports torch and SGLang)."""
+def gpu_measure(shape: MoEShape, down: bool = False, pool: bool = False):
+    """measure(config, M) on this process's GPU (built lazily: imports torch and SGLang).
+
+    `pool`: compile each search round's configs in parallel (bench.CompilePool, one worker
+    per core up to 16) through the measure's `.prefetch`, as search.tune asks it to."""
     from sglkit.kernels import bench
 
-    m = bench.make_measure(shape, shape.dtype, shape.block_shape)
+    m = bench.make_measure(
+        shape, shape.dtype, shape.block_shape, pool=bench.CompilePool() if pool else None
+    )
     return m
 
 
@@ -390,7 +395,7 @@ def tune(
         bs,
         device=device,
         triton_version=triton_v,
-        measure=None if ray is not None else gpu_measure(shape),
+        measure=None if ray is not None else gpu_measure(shape, pool=True),
         measure_factory=MeasureFactory(shape) if ray is not None else None,
         ray_address=(None if ray is True else ray) if ray is not None else False,
         default_config=default_at,
@@ -416,12 +421,14 @@ def run_tune(
     copy_bandwidth=None,
     sglang_version: str | None = None,
     ray_options: dict[str, Any] | None = None,
+    on_progress=None,
 ) -> tuple[Path, Path, dict]:
     """Search, write the store file (merged, atomically) and the report; (file, report, results).
 
     `measure` runs the search here; `measure_factory` with `ray_address` (not False) runs it on
     Ray. The store is the profile's SGLANG_MOE_CONFIG_DIR; the state and the report go under the
-    profile's cache root (kernels-tune/triton_X_Y_Z/).
+    profile's cache root (kernels-tune/triton_X_Y_Z/). `on_progress(event, info)` also gets
+    the search's events (benchmarks/tune_moe.py saves partial results with it).
     """
     from sglkit.fsutil import atomic_write_text
     from sglkit.kernels import search
@@ -442,7 +449,13 @@ def run_tune(
     def space_at(M: int):
         return sp.prune(sp.full_space(), shape, M=M).kept
 
-    progress = _progress_printer(len(batch_sizes))
+    printer = _progress_printer(len(batch_sizes))
+
+    def progress(event: str, info: dict[str, Any]) -> None:
+        printer(event, info)
+        if on_progress is not None:
+            on_progress(event, info)
+
     print(f"tuning {file_name} (Triton {triton_version}); state: {state_path}", file=sys.stderr)
     t0 = time.monotonic()
     common = dict(

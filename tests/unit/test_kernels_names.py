@@ -213,10 +213,11 @@ def test_parse_name_roundtrip():
 
 def test_deepseek_v3_tp8_with_shared_expert_fusion():
     s = moe_shape(DSV3, tp=8)
-    assert (s.E, s.N, s.K, s.topk) == (257, 256, 7168, 8)
+    # SGLang 0.5.23 deepseek_v2.py: top_k_for_moe = num_experts_per_tok + fused shared experts
+    assert (s.E, s.N, s.K, s.topk) == (257, 256, 7168, 9)
     assert (s.dtype, s.block_shape, s.shard_intermediate_size) == ("fp8_w8a8", (128, 128), 512)
     s = moe_shape(DSV3, tp=8, shared_experts_fusion=False)
-    assert s.E == 256
+    assert (s.E, s.topk) == (256, 8)
     s = moe_shape(DSV3, tp=8, ep=8)
     assert (s.E, s.N) == (256 // 8 + 1, 2048)
 
@@ -272,7 +273,7 @@ def _cfg(arch, **kw):
                 moe_intermediate_size=1536,
             ),
             4,
-            (161, 384, 8),
+            (161, 384, 9),
         ),
         (
             {

@@ -1,17 +1,20 @@
-"""The pure parts of the GPU tuner's benchmark (no torch, no GPU): shapes, candidate space,
-store names and installation, and the search driver on a deterministic cost."""
+"""The GPU benchmark's pure parts on a CPU: it takes shapes, candidates, names and the search
+from the kit (no copy of its own), its progress hook sees every batch size of run_tune, the
+report renders, and store files install under SGLang's names."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from sglkit.kernels import names
-from sglkit.kernels.moe_kernel import MoEDims, max_padded_tokens
+from sglkit import profile as profiles
+from sglkit.kernels import names, search
+from sglkit.kernels import space as sp
+from sglkit.kernels.shapes import moe_shape
+from sglkit.kernels.tasks import run_tune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,107 +27,121 @@ def tm():
     return mod
 
 
-def test_model_dims_from_config_json(tm):
-    ds = tm.model_dims("deepseek-v3-tp8")
+def test_shapes_come_from_the_profiles_model_config(tm):
+    p, ds = tm.model_shape("deepseek-v3-tp8")
+    assert p.name == "deepseek-v3-gh200"
+    # E and top-k + 1: the fused shared expert (SGLang 0.5.23 deepseek_v2.py)
     assert (ds.E, ds.N, ds.K, ds.topk, ds.dtype, ds.block_shape) == (
         257, 256, 7168, 9, "fp8_w8a8", (128, 128)
     )  # fmt: skip
-    qw = tm.model_dims("qwen3-30b-a3b-tp1")
+    assert ds == moe_shape(ROOT / "profiles/models/DeepSeek-V3/config.json", tp=8)
+    _, qw = tm.model_shape("qwen3-30b-a3b-tp1")
     assert (qw.E, qw.N, qw.K, qw.topk, qw.dtype, qw.block_shape) == (
-        128,
-        768,
-        2048,
-        8,
-        "bf16",
-        None,
-    )
+        128, 768, 2048, 8, None, None
+    )  # fmt: skip
     with pytest.raises(SystemExit, match="--models"):
-        tm.model_dims("nope")
+        tm.model_shape("nope")
 
 
-@pytest.mark.parametrize("model", ["deepseek-v3-tp8", "qwen3-30b-a3b-tp1"])
-def test_file_name_agrees_with_the_kits_names(tm, model):
-    d = tm.model_dims(model)
-    ours = tm.file_name(d, "NVIDIA_H200")
-    kit = names.config_file_name(d.E, d.N, "NVIDIA H200", d.config_dtype, d.block_shape)
-    assert ours == kit
+def test_no_private_copy_of_the_search_space_or_names(tm):
+    for dup in ("search_one", "exhaustive_one", "full_space", "fits", "_cap_bm", "_neighbours",
+                "model_dims", "file_name", "device_name"):  # fmt: skip
+        assert not hasattr(tm, dup), dup
 
 
-def test_space_respects_the_limits(tm):
-    for model in ("deepseek-v3-tp8", "qwen3-30b-a3b-tp1"):
-        d = tm.model_dims(model)
-        space = tm.full_space(d)
-        elem = 1 if d.fp8 else 2
-        assert 0 < len(space) < 1920
-        for c in space:
-            bm, bn, bk = c["BLOCK_SIZE_M"], c["BLOCK_SIZE_N"], c["BLOCK_SIZE_K"]
-            assert c["num_stages"] * (bm * bk + bk * bn) * elem <= tm.SMEM_LIMIT
-            assert bm * bn // (32 * c["num_warps"]) <= 128
-            if d.block_shape:
-                assert d.block_shape[1] % bk == 0
-        assert len({tm._k(c) for c in space}) == len(space)
-    fp8 = tm.full_space(tm.model_dims("deepseek-v3-tp8"))
-    assert not [c for c in fp8 if c["BLOCK_SIZE_K"] == 256]
+@pytest.mark.parametrize("M", [1, 16, 4096])
+def test_candidates_are_the_kits_pruned_space(tm, M):
+    _, shape = tm.model_shape("deepseek-v3-tp8")
+    cands = tm.candidates(shape, M)
+    assert cands == sp.prune(sp.full_space(), shape, M=M).kept
+    assert 0 < len(cands) < 1920
+    for c in cands:
+        assert sp.why_not(c, shape, shape.dtype, shape.block_shape, M, sp.Limits()) is None
+        assert 128 % c["BLOCK_SIZE_K"] == 0  # fp8 block [128, 128]
+        assert c["BLOCK_SIZE_M"] <= max(16, sp.next_pow2(M))
 
 
-def test_sorted_ids_length_is_sglangs():
-    # SGLang 0.5.23 moe_align_block_size: numel * bs below E + 1 pairs, else numel + (E+1)(bs-1),
-    # rounded up to a multiple of 4
-    assert max_padded_tokens(9, 16, 257) == 144
-    assert max_padded_tokens(512, 16, 257) == 512 + 258 * 15 + 2
-    assert max_padded_tokens(258, 64, 257) % 4 == 0
-
-
-def test_weight_bytes_per_expert():
-    d = MoEDims(257, 256, 7168, 9, "fp8_w8a8", (128, 128))
-    scales = 4 * (math.ceil(512 / 128) * 56 + 56 * 2)
-    assert d.weight_bytes_per_expert() == 3 * 256 * 7168 + scales
-    assert MoEDims(128, 768, 2048, 8).weight_bytes_per_expert() == 3 * 768 * 2048 * 2
+def test_parse_exhaustive(tm):
+    models = ["deepseek-v3-tp8", "qwen3-30b-a3b-tp1"]
+    assert tm.parse_exhaustive("qwen3-30b-a3b-tp1:16,deepseek-v3-tp8:1", models) == [
+        ("qwen3-30b-a3b-tp1", 16),
+        ("deepseek-v3-tp8", 1),
+    ]
+    for bad in ("deepseek-v3-tp8", "deepseek-v3-tp8:x", "deepseek-v3-tp8:0", "other:1"):
+        with pytest.raises(SystemExit, match="--exhaustive-at"):
+            tm.parse_exhaustive(bad, models)
 
 
 def _cost(c, M):
-    """A smooth cost with a unique optimum per M (BLOCK_SIZE_M 16 small, 64 large)."""
-    want_m = 16 if M < 256 else 64
-    return (
-        1.0
-        + abs(math.log2(c["BLOCK_SIZE_M"] / want_m))
-        + 0.5 * abs(math.log2(c["BLOCK_SIZE_N"] / 64))
-        + 0.4 * abs(math.log2(c["BLOCK_SIZE_K"] / 128))
-        + 0.3 * abs(c["num_stages"] - 3)
-        + 0.2 * (c["num_warps"] == 8)
-        + 0.1 * (c["GROUP_SIZE_M"] != 16)
+    """A deterministic stand-in for the GPU measure, optimum BLOCK_SIZE_N 64, 8 warps."""
+    return 1e-5 * (
+        1
+        + 0.5 * abs(sp.GRID["BLOCK_SIZE_N"].index(c["BLOCK_SIZE_N"]) - 1)
+        + 0.2 * (c["num_warps"] != 8)
+        + 0.1 * abs(c["num_stages"] - 3)
+        + 0.05 * (c["GROUP_SIZE_M"] != 16)
+        + 0.3 * abs(sp.GRID["BLOCK_SIZE_K"].index(c["BLOCK_SIZE_K"]) - 1)
     )
 
 
-@pytest.mark.parametrize("M", [1, 16, 1024])
-def test_search_finds_the_optimum_of_a_smooth_cost(tm, M):
-    d = tm.model_dims("deepseek-v3-tp8")
-    space = tm.full_space(d)
-    calls = []
+def test_run_tune_reports_every_batch_size_to_the_benchmark_hook(tmp_path, tm):
+    y = tmp_path / "p.yaml"
+    y.write_text(
+        "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
+        f"  config: {ROOT / 'profiles/models/Qwen3-30B-A3B/config.json'}\n"
+        f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
+        f"env:\n  SGLANG_MOE_CONFIG_DIR: {tmp_path / 'store'}\n"
+    )
+    p = profiles.load(y)
+    _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
+    prefetched: list[tuple[int, int]] = []
 
-    def measure(c, m, reps=20):
-        calls.append(tm._k(c))
-        return _cost(c, m)
+    def measure(c, M, reps=20):
+        return _cost(c, M)
 
-    measure.prefetch = lambda configs, m: 0
-    _best, t, evals = tm.search_one(measure, space, M, d, [], seed=M)
-    cap = tm._cap_bm(d, M)
-    optimum = min(_cost(c, M) for c in space if c["BLOCK_SIZE_M"] <= cap)
-    assert t == pytest.approx(optimum)
-    assert evals == len(calls) < len(space) // 5
-    assert all(k in {tm._k(c) for c in space} for k in calls)  # never outside the pruned space
+    measure.prefetch = lambda configs, M: prefetched.append((M, len(configs)))
+    events = []
+    out, _, res = run_tune(
+        p, shape, [1, 16, 256], device="NVIDIA H200", triton_version="3.6.0", measure=measure,
+        on_progress=lambda ev, info: events.append((ev, info.get("M"))),
+    )  # fmt: skip
+    assert {m for ev, m in events if ev == "done"} == {1, 16, 256}
+    assert {m for m, _ in prefetched} == {1, 16, 256}  # each round compiled ahead, per M
+    assert out.name == names.config_file_name(128, 768, "NVIDIA_H200", None, None)
+    for M, r in res.items():  # near the stand-in's optimum among the pruned candidates
+        best = min(_cost(c, M) for c in tm.candidates(shape, M))
+        assert best <= r.time <= 1.06 * best  # at M=1 the budget ends one GROUP_SIZE_M step off
+        assert r.evaluations < r.candidates
 
 
-def test_search_drops_configs_that_fail(tm):
-    d = tm.model_dims("qwen3-30b-a3b-tp1")
-    space = tm.full_space(d)
+def test_exhaustive_prefetches_all_candidates_once(tm):
+    _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
+    cands = tm.candidates(shape, 16)
+    seen = []
 
-    def measure(c, m, reps=20):
-        return math.inf if c["num_warps"] == 4 else _cost(c, m)
+    def measure(c, M, reps=20):
+        return _cost(c, M)
 
-    measure.prefetch = lambda configs, m: 0
-    best, t, _ = tm.search_one(measure, space, 16, d, [], seed=1)
-    assert best["num_warps"] == 8 and math.isfinite(t)
+    measure.prefetch = lambda configs, M: seen.append(len(configs))
+    r = search.exhaustive(16, cands, measure)
+    assert seen == [len(cands)]
+    assert r.time == min(_cost(c, 16) for c in cands)
+
+
+def test_markdown_renders_a_partial_report(tm):
+    rep = {"device": "NVIDIA_H200", "triton": "3.6.0", "torch": "2.11", "sglang": "0.5.23",
+           "copy_bw_Bps": 4.0e12, "pool_workers": 16, "pool_start_s": 17.0,
+           "models": {"m": {"shape": {"E": 128, "N": 768, "K": 2048, "topk": 8, "dtype": None,
+                                      "block_shape": None},
+                            "file": "E=128,N=768,device_name=NVIDIA_H200.json", "store": {},
+                            "exhaustive": [], "tune_wall_s": None,
+                            "rows": [{"M": 1, "default_us": None, "tuned_us": 40.0,
+                                      "speedup": None, "frac_copy_layer": 0.5,
+                                      "frac_copy_gemms": None, "evaluations": 30,
+                                      "candidates": 384, "search_s": 3.2}]}}}  # fmt: skip
+    md = tm.markdown(rep)
+    assert "| 1 |  | 40.0 |  | 0.50 |  | 30/384 | 3.2 |" in md
+    assert "start-up 17.0 s" in md
 
 
 def test_install_store_writes_sglang_names(tm, tmp_path):
@@ -137,10 +154,12 @@ def test_install_store_writes_sglang_names(tm, tmp_path):
                num_stages=3)  # fmt: skip
     (results / "store_qwen3-30b-a3b-tp1.json").write_text(json.dumps({"1": cfg, "64": cfg}))
     store = tmp_path / "kernels"
-    assert tm.install_store(results, store) == 0
     out = store / "configs" / "triton_3_6_0" / name
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"24": cfg}))  # an older run's entry: replaced, not merged
+    assert tm.install_store(results, store) == 0
     assert json.loads(out.read_text()) == {"1": cfg, "64": cfg}
-    assert not list(store.rglob("*.tmp"))
+    assert not [p for p in store.rglob("*") if p.is_file() and p != out]
 
     (results / "store_qwen3-30b-a3b-tp1.json").write_text(json.dumps({"one": cfg}))
     with pytest.raises(SystemExit, match="--install-store"):
