@@ -385,16 +385,8 @@ class _NotReady(Exception):
         self.why, self.last = why, last
 
 
-def up(
-    c,
-    p: Plan,
-    *,
-    timeout: float,
-    say: Callable[[str], None] = print,
-    on_status: Callable[[str], None] = lambda s: None,
-    grace: float = 10.0,
-) -> Outcome:
-    """Start the planned container and wait for its run to be ready; clean up on any failure."""
+def preflight(c, p: Plan) -> None:
+    """Refuse before creating anything: a running container of that name, a host port in use."""
     existing = find(c, p.name)
     if existing is not None:
         existing.reload()
@@ -415,6 +407,19 @@ def up(
             raise SglkitError(
                 f"{fld}: port {hport} on 127.0.0.1 is in use; free it or pass --host-ports auto"
             )
+
+
+def up(
+    c,
+    p: Plan,
+    *,
+    timeout: float,
+    say: Callable[[str], None] = print,
+    on_status: Callable[[str], None] = lambda s: None,
+    grace: float = 10.0,
+) -> Outcome:
+    """Start the planned container and wait for its run to be ready; clean up on any failure."""
+    preflight(c, p)
     run_dir = manifests.run_dir(p.host_dirs["telemetry"], p.run_id)
     container = create_and_start(c, p)
     try:

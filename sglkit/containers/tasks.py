@@ -222,6 +222,7 @@ def up(
     uid, gid = build_mod.dev_ids()
     lifecycle.prepare_storage(plan.host_dirs, uid, gid)
     t_wait = float(timeout) if timeout is not None else p.container["ready_timeout"]
+    lifecycle.preflight(client, plan)
     console.print(f"[bold]up[/]: {plan.name} from {image}, run {run_id}, gpus={use_gpus}")
     with console.status(f"waiting for run {run_id} to be ready") as status:
         out = lifecycle.up(

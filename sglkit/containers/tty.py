@@ -32,7 +32,7 @@ def interactive(client, container, argv: list[str], user: str = "") -> int:
     prev = signal.signal(signal.SIGWINCH, resize) if interactive_in else None
     try:
         if old is not None:
-            tty.setraw(fd)
+            tty.setraw(fd, termios.TCSANOW)  # keep type-ahead (TCSAFLUSH would drop it)
             resize()
         _pump(raw, fd)
     finally:

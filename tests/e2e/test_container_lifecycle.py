@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import requests
 
 from sglkit import manifest as manifests
 from sglkit.containers import engine
-from tests.e2e.helpers import containers_named, invoke, write_profile
+from tests.e2e.helpers import REPO, containers_named, invoke, write_profile
 
 pytestmark = pytest.mark.requires("docker", "debootstrap")
 
@@ -85,9 +87,27 @@ def test_up_ready_prometheus_sees_node_exporter_then_down_and_a_second_run(
     lg = invoke("container.logs", "--profile", str(prof), "--tail", "50")
     assert lg.returncode == 0 and first["run_id"] in lg.stdout
 
-    down = invoke("container.down", "--profile", str(prof))
-    assert down.returncode == 0, down.stderr
+    # logs -f follows until the container goes away
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "container.logs", "--profile", str(prof), "-f"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        down = invoke("container.down", "--profile", str(prof))
+        assert down.returncode == 0, down.stderr
+        followed, _ = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0 and first["run_id"] in followed
     assert containers_named(docker_client, name) == []
+    gone = invoke("container.status", "--profile", str(prof))
+    assert gone.returncode == 3 and "no such container" in gone.stdout
     # telemetry stays on the host, and init-run closed its manifest on SIGTERM
     assert manifests.read(run_dir)["status"] == "stopped"
 
@@ -135,3 +155,47 @@ def test_up_builds_a_missing_image_first(docker_client, cpu_image, tmp_path, ses
         if engine.image_exists(docker_client, tag):
             docker_client.images.remove(tag)
     assert containers_named(docker_client, name) == []
+
+
+def test_interactive_shell_on_a_terminal(docker_client, cpu_image, tmp_path):
+    """container.shell on a pseudo-terminal: keystrokes in, output back, the shell's exit status."""
+    import os
+    import pty
+    import select
+    import time
+
+    prof = write_profile(tmp_path)
+    assert invoke("container.up", "--profile", str(prof)).returncode == 0
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: invoke on the pty
+            os.chdir(REPO)
+            os.execv(
+                sys.executable,
+                [sys.executable, "-m", "invoke", "container.shell", "--profile", str(prof)],
+            )
+        os.write(fd, b"echo tty-$((40+2)) $(tty); exit 3\n")
+        seen = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        status = None
+        while status is None and time.monotonic() < deadline + 30:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            status = st if done else None
+            time.sleep(0.1)
+        if status is None:  # never hang the suite on a stuck child
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert b"tty-42 /dev/pts/" in seen, seen[-500:]
+        assert status is not None and os.waitstatus_to_exitcode(status) == 3
+    finally:
+        invoke("container.down", "--profile", str(prof))

@@ -333,3 +333,17 @@ def test_python_m_entry_point_runs_the_storage_step(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'no.yaml'}: profile not found"]
+
+
+def test_ca_bundle_choice(tmp_path, monkeypatch):
+    for var in build.CA_ENV:
+        monkeypatch.delenv(var, raising=False)
+    assert build.ca_bundle() is None
+    with pytest.raises(ConfigError, match=r"--ca-bundle: .* is not a file"):
+        build.ca_bundle(str(tmp_path / "none.pem"))
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+    assert build.ca_bundle() == pem
+    ctx = build.make_context(tmp_path / "ctx", "cpu", build.ca_bundle())
+    assert (ctx / "build-ca" / "sglkit-build-ca.crt").read_text() == pem.read_text()
