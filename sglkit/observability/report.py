@@ -170,13 +170,6 @@ def gpu_scheme(manifest: dict[str, Any], names: set[str]) -> str | None:
     return kind if kind in rq.GPU_SCHEMES else None
 
 
-def sglang_prefix(names: set[str]) -> str:
-    """How SGLang's names were stored: "sglang:" as exported, or "sglang_" (escaped)."""
-    colon = any(n.startswith("sglang:") for n in names)
-    underscore = any(n.startswith("sglang_") for n in names)
-    return "sglang_" if underscore and not colon else "sglang:"
-
-
 def _no_log(_msg: str) -> None:
     pass
 
@@ -195,11 +188,10 @@ def collect(
     window = rq.rate_window(interval)
     names = prom.names(start, end)
     scheme = gpu_scheme(manifest, names)
-    prefix = sglang_prefix(names)
     panels_out, metrics = [], {}
     # with no GPU exporter in the run, an empty GPU panel names both schemes' metrics
-    other = {p.id: p.metric_names() for p in rq.panels("nvitop", prefix)} if not scheme else {}
-    for panel in rq.panels(scheme or "dcgm", prefix):
+    other = {p.id: p.metric_names() for p in rq.panels("nvitop")} if not scheme else {}
+    for panel in rq.panels(scheme or "dcgm"):
         log(f"querying {panel.title}")
         plotted, missing, queries, keys = [], [], [], []
         for line in panel.lines:
@@ -229,7 +221,6 @@ def collect(
             }
         if panel.histogram:
             metric, _title = rq.HISTOGRAMS[panel.histogram]
-            metric = rq.respell(metric, prefix)
             metrics[panel.histogram] = histogram_summary(prom, metric, panel, end, span)
             keys.append(panel.histogram)
         if not plotted and panel.group == "gpu":
@@ -250,11 +241,10 @@ def collect(
     # end-to-end latency has no panel of its own but belongs in the summary
     e2e_metric, e2e_title = rq.HISTOGRAMS["e2e_latency_seconds"]
     metrics["e2e_latency_seconds"] = histogram_summary(
-        prom, rq.respell(e2e_metric, prefix), None, end, span, title=e2e_title
+        prom, e2e_metric, None, end, span, title=e2e_title
     )
     return {
         "gpu_scheme": scheme,
-        "sglang_prefix": prefix,
         "step_s": step,
         "rate_window_s": window,
         "panels": panels_out,
@@ -340,7 +330,6 @@ def build_report(
             "step_s": data["step_s"],
             "rate_window_s": data["rate_window_s"],
             "gpu_scheme": data["gpu_scheme"],
-            "sglang_prefix": data["sglang_prefix"],
             "prometheus": {"how": src.how, "detail": src.detail},
             "generated_at": iso(time.time()),
             "metrics": data["metrics"],

@@ -3,12 +3,14 @@
 Metric names are those SGLang, dcgm-exporter, nvitop-exporter and node_exporter export (checked
 against their source; see docs/report.md). When observability/metrics_catalog.yaml exists, the
 names used here are checked against it (`names_missing_from_catalog`, a unit test calls it).
+SGLang's names are queried as exported (`sglang:...`): the scrape config's relabel rule undoes
+the OpenMetrics escaping to `sglang_...` at ingestion (observability/prometheus.yml.j2).
 Pure functions only: nothing here talks to Prometheus.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,37 +101,8 @@ def _quantile_lines(prefix: str, metric: str) -> tuple[Line, ...]:
     )
 
 
-def respell(name_or_expr: str, sglang_prefix: str) -> str:
-    """SGLang's names as stored: "sglang:" as exported, or "sglang_" when Prometheus scraped
-    OpenMetrics from a prometheus_client that escapes ':' to '_' (see docs/report.md)."""
-    return name_or_expr.replace("sglang:", sglang_prefix)
-
-
-def panels(gpu_scheme: str, sglang_prefix: str = "sglang:") -> list[Panel]:
-    """The report's panels, in page order, for one GPU naming scheme and SGLang spelling."""
-    if sglang_prefix not in SGLANG_PREFIXES:
-        raise ValueError(f"unknown SGLang metric prefix {sglang_prefix!r}")
-    out = []
-    for p in _panels(gpu_scheme):
-        lines = tuple(
-            replace(
-                line,
-                expr=respell(line.expr, sglang_prefix),
-                summary_expr=respell(line.summary_expr, sglang_prefix)
-                if line.summary_expr
-                else None,
-                metrics=tuple(respell(m, sglang_prefix) for m in line.metrics),
-            )
-            for line in p.lines
-        )
-        out.append(replace(p, lines=lines))
-    return out
-
-
-SGLANG_PREFIXES = ("sglang:", "sglang_")
-
-
-def _panels(gpu_scheme: str) -> list[Panel]:
+def panels(gpu_scheme: str) -> list[Panel]:
+    """The report's panels, in page order, for one GPU naming scheme."""
     if gpu_scheme not in GPU_SCHEMES:
         raise ValueError(f"unknown GPU exporter scheme {gpu_scheme!r}")
     g = GPU_SCHEMES[gpu_scheme]

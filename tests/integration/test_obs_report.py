@@ -5,7 +5,10 @@ shape) scraping a real prometheus-node-exporter and the STAND-IN exporter
 (tests/fixtures/standin_metrics_exporter.py) that serves SGLang's and a GPU exporter's names with
 known values: run A uses dcgm-exporter's names and is stopped before its report (so the report
 starts a temporary Prometheus over a copy); run B uses nvitop-exporter's names, lacks
-sglang:cache_hit_rate, and stays live.
+sglang:cache_hit_rate, and stays live. Each Prometheus runs the scrape config rendered from
+observability/prometheus.yml.j2 (the stand-in is the SGLang target). Run A's stand-in answers the
+text format, run B's OpenMetrics, where prometheus_client writes `sglang_...`: the template's
+relabel rule must store SGLang's own `sglang:...` names for both.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import psutil
 import pytest
 import requests
 
+from sglkit import profile as profiles
+from sglkit.observability import config as promconfig
 from sglkit.observability import report as rep
 from sglkit.proc import spawn, terminate_group
 
@@ -65,11 +70,9 @@ def _http_ok(url: str) -> bool:
 class Run:
     """A run folder in the manifest contract's shape, with live processes until stopped."""
 
-    def __init__(self, root, run_id, scheme, exposition, omit, node, ports):
+    def __init__(self, root, run_id, scheme, exposition, omit, node_port, ports):
         self.root, self.run_id, self.scheme = root, run_id, scheme
-        # how Prometheus stores SGLang's names: text keeps ':'; OpenMetrics from this
-        # prometheus_client escapes it to '_'
-        self.prefix = "sglang:" if exposition == "text" else "sglang_"
+        self.exposition = exposition
         self.dir = root / "runs" / run_id
         self.data = self.dir / "prometheus" / "data"
         self.logs = self.dir / "logs"
@@ -78,6 +81,7 @@ class Run:
         self.epoch = time.time()
         self.started_at = self.epoch
         exp_port, self.prom_port = ports(), ports()
+        self.exp_port = exp_port
         argv = [sys.executable, str(STANDIN), "--port", str(exp_port), "--gpu-scheme", scheme]
         argv += ["--epoch", repr(self.epoch), "--exposition", exposition]
         for m in omit:
@@ -86,14 +90,22 @@ class Run:
         with open(self.logs / "standin.log", "wb") as log:
             self.procs["standin"] = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
         self.config = self.dir / "prometheus" / "prometheus.yml"
-        self.config.write_text(
-            "global:\n"
-            f"  scrape_interval: {int(SCRAPE)}s\n"
-            f"  external_labels: {{run_id: {json.dumps(run_id)}}}\n"
-            "scrape_configs:\n"
-            f"  - job_name: standin\n    static_configs: [{{targets: ['127.0.0.1:{exp_port}']}}]\n"
-            f"  - job_name: node\n    static_configs: [{{targets: ['{node}']}}]\n"
+        # the config init-run writes, from our template; the stand-in is the SGLang target (it
+        # serves the GPU exporter's names too, so no separate GPU job would add anything)
+        context = promconfig.context(
+            profile=profiles.load("cpu-dev"),
+            run_id=run_id,
+            host="test",
+            bind="127.0.0.1",
+            ports={"prometheus": self.prom_port, "node_exporter": node_port},
+            node_exporter=True,
+            gpu_exporter_kind=None,
+            jaeger_metrics_port=None,
+            scrape_server=False,
         )
+        context["scrape_interval"] = f"{int(SCRAPE)}s"
+        context["sglang_targets"] = [f"127.0.0.1:{exp_port}"]
+        self.config.write_text(promconfig.render(context))
         prom_argv = [
             shutil.which("prometheus"),
             f"--config.file={self.config}",
@@ -126,7 +138,7 @@ class Run:
                     "url": self.url,
                     "port": self.prom_port,
                 },
-                "node_exporter": {"status": "running", "url": f"http://{node}"},
+                "node_exporter": {"status": "running", "url": f"http://127.0.0.1:{node_port}"},
                 "gpu_exporter": {"status": "running", "kind": scheme},
                 "jaeger": {"status": "absent"},
             },
@@ -143,7 +155,7 @@ class Run:
 
     def enough_data(self) -> bool:
         # a full gauge cycle seen, and at least 14 scrapes stored
-        running = f"{self.prefix}num_running_reqs[5m]"
+        running = "sglang:num_running_reqs[5m]"
         n = self.query(f"count_over_time({running})") or 0
         top = self.query(f"max_over_time({running})")
         low = self.query(f"min_over_time({running})")
@@ -180,11 +192,10 @@ def runs(tmp_path_factory):
     )
     made: list[Run] = []
     try:
-        node_target = f"127.0.0.1:{node_port}"
-        a = Run(root, "run-a-dcgm", "dcgm", "text", [], node_target, free_port)
+        a = Run(root, "run-a-dcgm", "dcgm", "text", [], node_port, free_port)
         made.append(a)
         omit = ["sglang:cache_hit_rate"]
-        b = Run(root, "run-b-nvitop", "nvitop", "negotiate", omit, node_target, free_port)
+        b = Run(root, "run-b-nvitop", "nvitop", "negotiate", omit, node_port, free_port)
         made.append(b)
         for r in made:
             wait_for(lambda r=r: _http_ok(r.url + "/-/ready"), 60, 0.2, "Prometheus ready")
@@ -259,7 +270,6 @@ def test_stopped_run_report_matches_served_values(runs, report_a):
     summary = json.loads((a.dir / "report" / "summary.json").read_text())
     assert summary["prometheus"]["how"] == "restarted"
     assert summary["gpu_scheme"] == "dcgm"
-    assert summary["sglang_prefix"] == "sglang:"
     assert summary["scrape_interval_s"] == SCRAPE
     m = summary["metrics"]
 
@@ -342,7 +352,6 @@ def test_live_run_with_nvitop_names_and_a_panel_without_data(runs, tmp_path, mon
     summary = rep.build_report(b.dir, out)
     assert summary["prometheus"]["how"] == "live"
     assert summary["gpu_scheme"] == "nvitop"
-    assert summary["sglang_prefix"] == "sglang_"  # stored with ':' escaped, still found
     m = summary["metrics"]
     assert m["gpu_util_pct"]["max"] == pytest.approx(65.0)
     assert m["gpu_memory_used_gib"]["max"] == pytest.approx(60.0)
@@ -352,12 +361,12 @@ def test_live_run_with_nvitop_names_and_a_panel_without_data(runs, tmp_path, mon
     # the stand-in for run B does not serve the prefix-cache hit rate
     empty = panels["prefix_cache"]
     assert empty["has_data"] is False and empty["png"] is None
-    assert empty["missing"] == ["sglang_cache_hit_rate"]
+    assert empty["missing"] == ["sglang:cache_hit_rate"]
     assert not (out / "prefix_cache.png").exists()
     assert m["prefix_cache_hit_pct"]["mean"] is None
     html = (out / "index.html").read_text()
     assert 'id="prefix_cache" class="nodata" data-nodata="true"' in html
-    assert "sglang_cache_hit_rate" in html
+    assert "sglang:cache_hit_rate" in html
     for p in summary["panels"]:
         if p["has_data"]:
             _png_size(out / p["png"])
@@ -368,6 +377,27 @@ def test_live_run_with_nvitop_names_and_a_panel_without_data(runs, tmp_path, mon
     rep.build_report(b.dir, out)
     assert not (out / "stray.txt").exists()
     assert (out / "index.html").is_file()
+
+
+def test_openmetrics_run_stores_sglangs_own_names(runs):
+    """Run B's stand-in answers OpenMetrics with `sglang_...`; its TSDB holds `sglang:...`."""
+    b = runs["b"]
+    served = requests.get(
+        f"http://127.0.0.1:{b.exp_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        timeout=5,
+    )
+    assert served.headers["Content-Type"].startswith("application/openmetrics-text")
+    samples = [ln for ln in served.text.splitlines() if ln and not ln.startswith("#")]
+    # the escaping the relabel undoes: "# TYPE sglang:x" keeps ':', its samples read sglang_x
+    assert any(ln.startswith("sglang_num_running_reqs{") for ln in samples)
+    assert not [ln for ln in samples if ln.startswith("sglang:")]
+    assert b.query("count_over_time(sglang:num_running_reqs[5m])") >= 14
+    assert b.query("count_over_time(sglang:time_to_first_token_seconds_bucket[5m])") > 0
+    assert b.query("count_over_time(sglang_num_running_reqs[5m])") is None
+    assert b.query('count({__name__=~"sglang_.+"})') is None
+    # the GPU exporter's names in the same job are left alone
+    assert b.query("count(gpu_utilization_Percentage)") == 2
 
 
 def test_compare_prints_differences(runs, report_a, tmp_path):

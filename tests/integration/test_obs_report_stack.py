@@ -77,13 +77,17 @@ def test_report_on_a_real_init_run_live_then_stopped(tmp_path, monkeypatch):
         # at least 8 scrapes of the stand-in and of node_exporter stored
         wait_for(
             lambda: (
-                _stored(url, "count_over_time({__name__=~'sglang.num_requests_total'}[5m])") >= 8
+                _stored(url, "count_over_time(sglang:num_requests_total[5m])") >= 8
                 and _stored(url, "count_over_time(node_memory_MemAvailable_bytes[5m])") >= 4
             ),
             90,
             0.5,
             "Prometheus to store the stand-in's and node_exporter's samples",
         )
+
+        # the stand-in answers Prometheus in OpenMetrics (`sglang_...`); init-run's rendered
+        # config stores SGLang's own names
+        assert _stored(url, 'count({__name__=~"sglang_.+"})') == 0.0
 
         live = rep.build_report(run_dir)
         assert live["prometheus"]["how"] == "live"

@@ -70,6 +70,22 @@ def test_every_optional_job_appears_when_its_service_runs():
     assert j["jaeger"]["static_configs"][0]["targets"] == ["127.0.0.1:24269"]
 
 
+def test_only_the_sglang_job_respells_escaped_names():
+    """OpenMetrics from prometheus_client escapes "sglang:x" to "sglang_x"; the sglang job maps
+    it back (tests/integration/test_obs_relabel.py shows a real Prometheus doing it)."""
+    j = jobs(promconfig.render(ctx(gpu_exporter_kind="dcgm", scrape_server=True)))
+    assert j["sglang"]["metric_relabel_configs"] == [
+        {
+            "source_labels": ["__name__"],
+            "regex": "sglang_(.+)",
+            "target_label": "__name__",
+            "replacement": "sglang:${1}",
+            "action": "replace",
+        }
+    ]
+    assert [n for n, job in j.items() if "metric_relabel_configs" in job] == ["sglang"]
+
+
 def test_node_job_is_left_out_when_node_exporter_is_missing():
     assert "node" not in jobs(promconfig.render(ctx(node_exporter=False)))
 

@@ -33,13 +33,12 @@ def test_gpu_panels_use_only_their_schemes_names(scheme, other):
             assert name not in exprs
 
 
-def test_escaped_sglang_names_are_respelled_everywhere():
-    panels = rq.panels("dcgm", "sglang_")
-    text = json.dumps([[line.__dict__ for line in p.lines] for p in panels])
-    assert "sglang:" not in text
-    assert "sglang_time_to_first_token_seconds_bucket" in text
-    with pytest.raises(ValueError):
-        rq.panels("dcgm", "vllm:")
+def test_sglang_is_queried_by_its_own_names_only():
+    """The scrape config stores `sglang:...` whatever the exposition; no escaped spelling here."""
+    text = json.dumps([[line.__dict__ for line in p.lines] for p in rq.panels("dcgm")])
+    assert "sglang:time_to_first_token_seconds_bucket" in text
+    assert "sglang_" not in text
+    assert all(m.startswith("sglang:") for m, _ in rq.HISTOGRAMS.values())
     with pytest.raises(ValueError):
         rq.panels("amd-smi")
 
@@ -210,10 +209,7 @@ def test_scrape_interval_from_the_rendered_config(tmp_path):
     assert rep.scrape_interval(tmp_path, {"scrape_interval": "2m"}) == 120
 
 
-def test_naming_detection_from_stored_names():
-    assert rep.sglang_prefix({"sglang_num_running_reqs", "up"}) == "sglang_"
-    assert rep.sglang_prefix({"sglang:num_running_reqs"}) == "sglang:"
-    assert rep.sglang_prefix({"up"}) == "sglang:"
+def test_gpu_naming_detection_from_stored_names():
     assert rep.gpu_scheme({}, {"gpu_utilization_Percentage"}) == "nvitop"
     assert rep.gpu_scheme({}, {"DCGM_FI_DEV_GPU_UTIL"}) == "dcgm"
     manifest = {"services": {"gpu_exporter": {"kind": "nvitop"}}}
@@ -267,7 +263,6 @@ def _summary(**over):
         "step_s": 5.0,
         "rate_window_s": 20.0,
         "gpu_scheme": None,
-        "sglang_prefix": "sglang:",
         "prometheus": {"how": "restarted", "detail": "temporary Prometheus over a copy"},
         "generated_at": "2026-11-29T03:02:00Z",
         "metrics": {
