@@ -151,3 +151,37 @@ def test_unreadable_profile_folder_is_refused_before_anything_starts(
     assert res.returncode == 1
     assert "is not readable by the container's user" in _error_line(res)
     assert containers_named(docker_client, name) == []
+
+
+@pytest.mark.requires("docker", "debootstrap")
+def test_offline_base_with_an_unreachable_mirror(docker_client, session_label, tmp_path):
+    import glob
+    import tempfile
+
+    tag = f"sglkit/base:{session_label}"
+    work = sorted(glob.glob(f"{tempfile.gettempdir()}/sglkit-base-*"))
+    res = invoke(
+        "container.base", "--offline", "--rebuild", "--tag", tag,
+        "--mirror", "http://127.0.0.1:1/debian",
+    )  # fmt: skip
+    assert res.returncode == 1
+    line = _error_line(res)
+    assert line.startswith("error: container.base --offline: debootstrap")
+    assert not engine.image_exists(docker_client, tag)
+    # its temporary root is gone (others' may come and go: compare only what we could have made)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/sglkit-base-*")) <= set(work)
+
+
+@pytest.mark.requires("docker")
+def test_base_without_offline_where_no_registry_answers(docker_client, session_label):
+    tag = f"sglkit/base:pull-{session_label}"
+    res = invoke("container.base", "--tag", tag)
+    if res.returncode == 0:  # a registry answered: the pulled image is tagged
+        assert engine.image_exists(docker_client, tag)
+        docker_client.images.remove(tag)
+        return
+    assert res.returncode == 1
+    line = _error_line(res)
+    assert line.startswith("error: container.base: cannot pull debian:bookworm")
+    assert line.endswith("run `invoke container.base --offline`")
+    assert not engine.image_exists(docker_client, tag)
