@@ -114,7 +114,7 @@ def test_variants_share_everything_below_the_from_block(rendered):
         assert marker in gh and marker in cpu
 
     def shared(text):  # from the user step on, only the variant label differs
-        return text[text.index("# 2. The dev user") :].replace('variant="gh200"', 'variant="cpu"')
+        return text[text.index("# 3. The dev user") :].replace('variant="gh200"', 'variant="cpu"')
 
     assert shared(gh) == shared(cpu)
 
