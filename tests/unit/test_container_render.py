@@ -347,3 +347,15 @@ def test_ca_bundle_choice(tmp_path, monkeypatch):
     assert build.ca_bundle() == pem
     ctx = build.make_context(tmp_path / "ctx", "cpu", build.ca_bundle())
     assert (ctx / "build-ca" / "sglkit-build-ca.crt").read_text() == pem.read_text()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_build_ca_is_trusted_before_any_https_download(rendered, variant):
+    ins = render.instructions(rendered[variant])
+    ca = next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "update-ca-certificates" in r)
+    fetches = [
+        i
+        for i, (w, r) in enumerate(ins)
+        if w == "RUN" and ("curl" in r or "pip install" in r or "datacenter-gpu-manager" in r)
+    ]
+    assert fetches and all(ca < i for i in fetches)
