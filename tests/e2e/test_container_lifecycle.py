@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from sglkit import manifest as manifests
-from sglkit.containers import engine
+from sglkit.containers import engine, render
 from tests.e2e.helpers import REPO, containers_named, invoke, write_profile
 
 pytestmark = pytest.mark.requires("docker", "debootstrap")
@@ -78,9 +78,13 @@ def test_up_ready_prometheus_sees_node_exporter_then_down_and_a_second_run(
     )
     assert info["services"]["prometheus"]["url"] == prom
 
-    sh = invoke("container.shell", "--profile", str(prof), "--command", "id -un; touch /cache/x")
+    cmd = "id -un; sudo -n true && echo sudo-ok; uv --version; command -v python3; touch /cache/x"
+    sh = invoke("container.shell", "--profile", str(prof), "--command", cmd)
     assert sh.returncode == 0, sh.stdout + sh.stderr
-    assert sh.stdout.split() == ["dev"]
+    lines = sh.stdout.splitlines()
+    assert lines[:2] == ["dev", "sudo-ok"]  # the non-root dev user, with sudo
+    assert lines[2].startswith(f"uv {render.UV_VERSION}")
+    assert lines[3] == "/opt/sglkit/venv/bin/python3"  # a login shell keeps the kit's venv
     assert (tmp_path / "cache" / "x").exists()  # the cache mount is the host folder
     assert invoke("container.shell", "--profile", str(prof), "--command", "exit 7").returncode == 7
 
