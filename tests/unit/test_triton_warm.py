@@ -135,8 +135,9 @@ def test_locate_names_the_fp8_block_file_for_deepseek(tmp_path):
     f = _store_file(tmp_path, "triton_3_6_0", DSV3_GH200)
     t = locate(prof, "NVIDIA GH200 480GB", "3.6.0", store_root=tmp_path)
     assert (t.file_name, t.config_file) == (DSV3_GH200, f)
+    # with shared-expert fusion SGLang's server routes top-k + 1 (shapes.moe_shape follows it)
     assert (t.shape.E, t.shape.topk, t.shape.dtype, tuple(t.shape.block_shape)) == (
-        257, 8, "fp8_w8a8", (128, 128))  # fmt: skip
+        257, 9, "fp8_w8a8", (128, 128))  # fmt: skip
 
 
 def test_locate_refuses_a_missing_config_file(tmp_path):
