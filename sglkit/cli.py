@@ -43,3 +43,14 @@ def main_guard(fn):
             sys.exit(e.exit_code)
 
     return run
+
+
+def table_console():
+    """A rich Console for tables on stdout: on a pipe or in a log it is wide enough that URLs
+    and paths are printed whole instead of cut with an ellipsis."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 200
+    return console

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 from invoke import Collection
-from rich.console import Console
 from rich.table import Table
 
 from sglkit.cache import archive, deepgemm, store
 from sglkit.cache import status as cache_status
 from sglkit.cache.triton import triton
-from sglkit.cli import task
+from sglkit.cli import table_console, task
 from sglkit.errors import ConfigError
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
@@ -94,9 +93,7 @@ def status(c, profile=None, json_=False):
             r["last_warm"] or "-",
             r["marker"],
         )
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console.width = 200  # a pipe or a log: whole paths, no wrapping
+    console = table_console()
     console.print(table)
 
 

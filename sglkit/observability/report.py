@@ -509,12 +509,12 @@ def load_summary(ref: str, root: str | None, flag: str) -> dict[str, Any]:
 
 
 def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list[dict[str, Any]]:
-    from rich.console import Console
     from rich.table import Table
 
+    from sglkit.cli import table_console
     from sglkit.observability.report_stats import compare_rows, fmt
 
-    console = console or Console()
+    console = console or table_console()
     rows = compare_rows(a, b)
     table = Table(
         title=f"A = {a.get('run_id')}   B = {b.get('run_id')}",

@@ -107,10 +107,11 @@ def problems(result: dict[str, Any]) -> list[str]:
 
 
 def render(result: dict[str, Any], console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from sglkit.cli import table_console
+
+    console = console or table_console()
     m = result["manifest"]
     console.print(
         f"run [bold]{m['run_id']}[/]  status [bold]{m['status']}[/]  profile {m['profile']['name']}"
