@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from sglkit import paths
+from sglkit.gpu import nvml
 from sglkit.profile import Profile
 
 SCHEMA = 1
@@ -117,17 +118,8 @@ def _torch_cuda() -> tuple[str | None, str]:
 def _gpu() -> tuple[str | None, str | None, str]:
     """Name and compute capability of GPU 0: NVML where it imports, else nvidia-smi."""
     try:
-        import pynvml  # type: ignore[import-not-found]
-
-        pynvml.nvmlInit()
-        try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            return name, f"{major}.{minor}", ""
-        finally:
-            pynvml.nvmlShutdown()
+        name, capability = nvml.gpu0()
+        return name, capability, ""
     except Exception as e:  # not installed, no driver, no GPU
         nvml_error = f"NVML: {type(e).__name__}"
     smi = shutil.which("nvidia-smi")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.gpu import nvml
 
 # dtype flag values we accept -> SGLang's config dtype string (None: not in the name)
 DTYPES: dict[str, str | None] = {
@@ -147,14 +148,7 @@ def device_name(override: str | None = None) -> str:
     except Exception:
         pass
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            raw = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        finally:
-            pynvml.nvmlShutdown()
-        return normalize_device_name(raw.decode() if isinstance(raw, bytes) else raw)
+        return normalize_device_name(nvml.gpu0()[0])
     except Exception:
         pass
     raise SglkitError("--device-name: no GPU answers (torch, NVML); give --device-name NAME")

@@ -1,0 +1,17 @@
+"""GPU 0 as NVML names it: the one reading shared by kernel file names and cache fingerprints."""
+
+from __future__ import annotations
+
+
+def gpu0() -> tuple[str, str]:
+    """(name, compute capability such as "9.0") of GPU 0; raises when NVML cannot answer."""
+    import pynvml  # type: ignore[import-not-found]
+
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    finally:
+        pynvml.nvmlShutdown()
+    return (name.decode() if isinstance(name, bytes) else name), f"{major}.{minor}"
