@@ -7,5 +7,6 @@ from sglkit.containers.tasks import ns as container
 from sglkit.kernels.tasks import ns as kernels
 from sglkit.observability.tasks import ns as obs
 from sglkit.profile.tasks import ns as profile
+from sglkit.server.tasks import ns as server
 
-ns = Collection(container, obs, cache, kernels, profile)
+ns = Collection(container, obs, cache, kernels, profile, server)

@@ -13,6 +13,7 @@ Nothing secret goes in (no environment, no tokens): only ids, paths, ports, pids
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -33,6 +34,8 @@ META_ENV = "container_run_meta.env"
 RUN_STATUSES = ("starting", "ready", "degraded", "stopped", "failed")
 SERVICE_STATUSES = ("starting", "running", "restarting", "stopped", "failed", "absent")
 SERVICE_NAMES = ("prometheus", "node_exporter", "gpu_exporter", "jaeger")
+# keys written into a live run's manifest by others than its init-run: the server serving in it
+RECORDED_KEYS = ("server",)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -91,9 +94,49 @@ def read(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Atomically write <run_dir>/manifest.json after checking the contract's shape."""
+    """Atomically write <run_dir>/manifest.json after checking the contract's shape. The keys
+    that other processes record into a live run (RECORDED_KEYS) are carried over from the file
+    unless `manifest` sets them: init-run rewrites the manifest from its own state."""
     validate(manifest)
-    return atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    with _locked(run_dir):
+        path = Path(run_dir) / MANIFEST
+        out = dict(manifest)
+        if path.exists():
+            with contextlib.suppress(OSError, ValueError):
+                on_disk = json.loads(path.read_text(encoding="utf-8"))
+                for key in RECORDED_KEYS:
+                    if key in on_disk and key not in out:
+                        out[key] = on_disk[key]
+        return atomic_write_json(path, out)
+
+
+def record(run_dir: str | os.PathLike, key: str, value: Any) -> None:
+    """Set (or with value None, drop) one of RECORDED_KEYS in a run's manifest, under the
+    manifest lock, keeping everything init-run wrote."""
+    if key not in RECORDED_KEYS:
+        raise ValueError(f"manifest: {key}: not a recorded key ({RECORDED_KEYS})")
+    with _locked(run_dir):
+        m = read(run_dir)
+        if value is None:
+            m.pop(key, None)
+        else:
+            m[key] = value
+        validate(m)
+        atomic_write_json(Path(run_dir) / MANIFEST, m)
+
+
+@contextlib.contextmanager
+def _locked(run_dir: str | os.PathLike):
+    """An exclusive lock on the run folder itself (flock on its descriptor: no lock file left
+    behind) for one read-modify-write of the manifest."""
+    import fcntl
+
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def validate(m: dict[str, Any]) -> None:

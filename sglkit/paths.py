@@ -39,3 +39,13 @@ def expand(value: str) -> str:
 
     value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", sub, value)
     return os.path.expanduser(os.path.expandvars(value))
+
+
+def state_dir() -> Path:
+    """Where the kit keeps the state of what it left running (detached servers):
+    $SGLKIT_STATE_DIR, else $XDG_STATE_HOME/sglkit, else ~/.local/state/sglkit."""
+    env = os.environ.get("SGLKIT_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "sglkit"

@@ -28,6 +28,7 @@ from typing import Any
 from sglkit import profile as profiles
 from sglkit.cache import fingerprint, store
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.server import spec as server_spec
 
 FORMAT = 1
 MANIFEST = "sglkit-archive.json"
@@ -111,7 +112,7 @@ def import_(archive: str | os.PathLike, profile: str | None = None, force: bool 
         raise ConfigError(f"archive: {src} not found")
     p = profiles.load(profile)
     folder = p.cache_dirs()[KIND]
-    here = fingerprint.compute(p, p.server_argv())
+    here = fingerprint.compute(server_spec.build(p))
     try:
         with tarfile.open(src, "r:gz") as tar:
             manifest = read_manifest(tar, src)

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sglkit import paths
 from sglkit.gpu import nvml
-from sglkit.profile import Profile
+from sglkit.profile import load_cache_layout
+from sglkit.server.spec import ServerSpec
 
 SCHEMA = 1
 # the fields that must agree for an archive to be imported on another node (GPU arch and the
 # versions that compiled the kernels); the rest (server shapes, model) are reported by status
 IMPORT_FIELDS = ("gpu_compute_capability", "sglang_version", "deep_gemm_version")
+# distributions known to ship the deep_gemm module (the installed ones are found by module too)
+DEEP_GEMM_DISTS = ("deep-gemm", "sgl-deep-gemm")
 ORDER = (
     "sglang_version",
     "deep_gemm_version",
@@ -139,26 +139,20 @@ def _gpu() -> tuple[str | None, str | None, str]:
         return None, None, f"no GPU visible ({nvml_error}; nvidia-smi: {type(e).__name__})"
 
 
-def shape_args(argv: list[str]) -> dict[str, Any]:
-    """The flags of `argv` that change kernel shapes (cache/layout.yaml: shape_args) -> values."""
-    with open(paths.asset("cache", "layout.yaml"), encoding="utf-8") as f:
-        wanted = set(yaml.safe_load(f)["kinds"]["deepgemm"]["shape_args"])
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        name, eq, inline = tok.partition("=")
-        if name in wanted:
-            if eq:
-                out[name] = inline
-            else:
-                values = []
-                while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                    i += 1
-                    values.append(argv[i])
-                out[name] = values[0] if len(values) == 1 else (values or True)
-        i += 1
-    return out
+def shape_args(spec: ServerSpec) -> dict[str, Any]:
+    """The spec's flags that change kernel shapes (cache/layout.yaml: shape_args) -> values."""
+    wanted = set(load_cache_layout()["deepgemm"]["shape_args"])
+    return spec.flag_values(wanted)
+
+
+def deep_gemm_version() -> str | None:
+    """DeepGEMM's version under whichever distribution ships the `deep_gemm` module: DeepGEMM's
+    own `deep-gemm`, SGLang's `sgl-deep-gemm`, or another build."""
+    try:
+        shipping = importlib.metadata.packages_distributions().get("deep_gemm", [])
+    except Exception:  # a broken dist-info elsewhere must not hide the version
+        shipping = []
+    return _dist_version(*shipping, *DEEP_GEMM_DISTS)
 
 
 def sha256_file(path: Path) -> str:
@@ -169,14 +163,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def compute(profile: Profile, argv: list[str]) -> Fingerprint:
-    """The fingerprint of warming `argv` (the server argv) for `profile` on this machine."""
+def compute(spec: ServerSpec) -> Fingerprint:
+    """The fingerprint of warming the server `spec` on this machine."""
+    profile = spec.profile
     fields: dict[str, Any] = {}
     reasons: dict[str, str] = {}
-    fields["sglang_version"] = _dist_version("sglang")
+    fields["sglang_version"] = spec.sglang.version
     if fields["sglang_version"] is None:
         reasons["sglang_version"] = "sglang is not installed in this interpreter"
-    fields["deep_gemm_version"] = _dist_version("deep_gemm", "deep-gemm")
+    fields["deep_gemm_version"] = deep_gemm_version()
     if fields["deep_gemm_version"] is None:
         reasons["deep_gemm_version"] = "deep_gemm is not installed in this interpreter"
     fields["cuda_version"], why = _torch_cuda()
@@ -193,5 +188,5 @@ def compute(profile: Profile, argv: list[str]) -> Fingerprint:
         reasons["model_config_sha256"] = f"{cfg} not found"
     else:
         fields["model_config_sha256"] = sha256_file(cfg)
-    fields["server_args"] = shape_args(argv)
+    fields["server_args"] = shape_args(spec)
     return Fingerprint(fields=fields, reasons=reasons)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sglkit import profile as profiles
 from sglkit.cache import fingerprint, store
+from sglkit.server import spec as server_spec
 
 
 def status(profile: str | None = None) -> list[dict[str, Any]]:
@@ -31,7 +32,7 @@ def status(profile: str | None = None) -> list[dict[str, Any]]:
             row["marker"] = "present (not compared)"
         else:
             if current is None:
-                current = fingerprint.compute(p, p.server_argv())
+                current = fingerprint.compute(server_spec.build(p))
             stored = fingerprint.Fingerprint.from_json(marker["fingerprint"])
             diff = fingerprint.differences(stored, current)
             row["marker"] = "matches" if not diff else f"differs: {diff[0]}"

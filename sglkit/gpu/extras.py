@@ -5,13 +5,9 @@ neither can.
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
 import time
 from pathlib import Path
-
-import requests
 
 from sglkit.gpu.checks import Context, Fail, Skip
 from sglkit.gpu.compute import cuda, relative_error
@@ -75,72 +71,42 @@ def _model_profile():
 
 
 def _server(ctx: Context, prof, model: Path) -> None:
-    """Start the profile's server on a free port, wait for it, send one request, stop it."""
+    """Start the profile's server on a free loopback port through the kit's one server runner,
+    wait for it, check its model, send one request, stop it gracefully."""
     import importlib.util
+    import tempfile
 
-    from sglkit.net import free_port, wait_for
-    from sglkit.proc import spawn, terminate_group
+    from sglkit.net import free_port
+    from sglkit.server import spec as server_spec
+    from sglkit.server.runner import Reporter, Server, running
 
     if importlib.util.find_spec("sglang") is None:
         raise Skip("sglang is not installed")
-    port = free_port()
-    argv = prof.server_argv()
-    argv[argv.index("--model-path") + 1] = str(model)
-    if "--port" in argv:
-        argv[argv.index("--port") + 1] = str(port)
-    else:
-        argv += ["--port", str(port)]
-    if "--host" in argv:
-        argv[argv.index("--host") + 1] = "127.0.0.1"
-    env = {**os.environ, **prof.environment()}
-    import subprocess
-
-    proc = spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    reader = threading.Thread(
-        target=lambda: [
-            tail.append(line.decode(errors="replace").rstrip()) for line in proc.stdout
-        ],
-        daemon=True,
+    spec = server_spec.build(
+        prof, server_spec.Overrides(model_path=str(model), host="127.0.0.1", port=free_port())
     )
-    reader.start()
-    base = f"http://127.0.0.1:{port}"
-    start = time.monotonic()
+    no_tokenizer = spec.flag_values({"--skip-tokenizer-init"})
+    request = {"sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+    request.update({"input_ids": [1, 2, 3, 4]} if no_tokenizer else {"text": "The capital of"})
+    log = Path(tempfile.mkdtemp(prefix="sglkit-smoke-")) / "server.log"
+    rep = Reporter("check 7", echo=False)
     try:
-        try:
-            wait_for(
-                lambda: proc.poll() is not None or requests.get(f"{base}/health", timeout=5).ok,
-                SERVER_TIMEOUT,
-                1.0,
-                what="the SGLang server's /health",
-            )
-        except TimeoutError:
-            raise Fail(
-                "SGLang server",
-                f"ready within {SERVER_TIMEOUT:.0f}s",
-                f"not ready; last line: {tail[-1] if tail else '-'}",
-            ) from None
-        if proc.poll() is not None:
-            raise Fail(
-                "SGLang server",
-                "running",
-                f"exited {proc.returncode}: {tail[-1] if tail else 'no output'}",
-            )
-        ready = time.monotonic() - start
-        r = requests.post(
-            f"{base}/generate",
-            timeout=300,
-            json={
-                "text": "The capital of France is",
-                "sampling_params": {"max_new_tokens": 8, "temperature": 0},
-            },
-        )
-        if not r.ok or "text" not in r.json():
-            raise Fail("SGLang /generate", "200 with text", f"{r.status_code}: {r.text[:120]}")
-        ctx.figure("server ready", f"{ready:.0f} s", ready)
-        ctx.note(f"server answered: {r.json()['text']!r}")
-    finally:
-        terminate_group(proc, grace=15)
+        with running(Server(spec, log_path=log, reporter=rep, grace=60)) as srv:
+            deadline = time.monotonic() + SERVER_TIMEOUT
+            ready = srv.wait_ready(deadline)
+            srv.check_model(deadline)
+            t0 = time.monotonic()
+            out = srv.post("/generate", request, deadline)
+            first = time.monotonic() - t0
+    except Exception as e:
+        raise Fail("SGLang server", "ready, serving the profile's model, answering /generate",
+                   str(e)) from None  # fmt: skip
+    got = out.get("output_ids") if no_tokenizer else out.get("text")
+    if not got:
+        raise Fail("SGLang /generate", "generated tokens", repr(out)[:120])
+    ctx.figure("server ready", f"{ready:.0f} s", ready)
+    ctx.figure("first generate", f"{first:.2f} s", first)
+    ctx.note(f"server answered: {got!r}")
 
 
 def check_extras(ctx: Context) -> None:

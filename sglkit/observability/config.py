@@ -57,6 +57,10 @@ def scrape_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+# a run's file_sd target list for servers started by server.up, relative to the run folder
+SGLANG_TARGETS_FILE = ("prometheus", "targets", "sglang.json")
+
+
 def hostport(host: str, port: int) -> str:
     h = scrape_host(host)
     return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
@@ -73,8 +77,12 @@ def context(
     gpu_exporter_kind: str | None,
     jaeger_metrics_port: int | None,
     scrape_server: bool,
+    sglang_sd_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """The template's variables, from the profile and the services this run starts."""
+    """The template's variables, from the profile and the services this run starts.
+
+    `sglang_sd_file` is the file_sd file through which `server.up` adds a server it starts on
+    another port than the profile's (SGLANG_TARGETS_FILE under the run's prometheus folder)."""
     server = profile.server
     return {
         "run_id": run_id,
@@ -84,6 +92,7 @@ def context(
         "prometheus_target": hostport(bind, ports["prometheus"]),
         "node_exporter_target": hostport(bind, ports["node_exporter"]) if node_exporter else None,
         "sglang_targets": [hostport(server["host"], server["port"])] if scrape_server else [],
+        "sglang_sd_file": str(sglang_sd_file) if sglang_sd_file else None,
         "gpu_exporter_target": (
             hostport(bind, ports["gpu_exporter"]) if gpu_exporter_kind else None
         ),

@@ -221,6 +221,7 @@ class InitRun:
                 gpu_exporter_kind=gpu.kind if gpu.argv else None,
                 jaeger_metrics_port=jaeger.extra["metrics_port"] if jaeger.argv else None,
                 scrape_server=self.scrape_server,
+                sglang_sd_file=self.run_dir.joinpath(*promconfig.SGLANG_TARGETS_FILE),
             ),
             o.template,
         )

@@ -21,7 +21,7 @@ def otlp_endpoint(manifest: dict[str, Any] | None) -> str | None:
     return jaeger.get("otlp_endpoint") or None
 
 
-def server_argv(profile, manifest: dict[str, Any] | None = None) -> list[str]:
-    """The server argv; tracing flags only when the profile traces and Jaeger runs."""
-    endpoint = otlp_endpoint(manifest) if profile.telemetry["tracing"] else None
-    return profile.server_argv(tracing_endpoint=endpoint)
+def endpoint(profile, manifest: dict[str, Any] | None = None) -> str | None:
+    """The server's OTLP endpoint: only when the profile traces and the run's Jaeger runs
+    (a server.spec.Overrides(tracing_endpoint=...) turns it into SGLang's flags)."""
+    return otlp_endpoint(manifest) if profile.telemetry["tracing"] else None

@@ -1,12 +1,14 @@
 """Serving profiles: the one source of truth that warm, tune, serve and observe all read.
 
 load("cpu-dev")            -> Profile (validated, defaults filled, paths expanded)
-profile.server_argv()      -> the exact argv the server runs with (a list)
-profile.environment()      -> cache and kit environment for that server
+profile.environment()      -> cache and kit environment for a server of this profile
+
+The server's argv is derived from the typed spec in sglkit.server.spec, built from a profile.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,25 +22,10 @@ import yaml
 from sglkit import paths
 from sglkit.errors import ConfigError
 from sglkit.profile.schema import SECRET_NAME, Invalid, validate
+from sglkit.versions import SGLang
 
 DEFAULT_PROFILE = "cpu-dev"
 REDACTED = "<redacted>"
-
-# profile field -> SGLang flag; the rest of server.* is structural (launcher, args)
-_FLAGS = {
-    "tp": "--tp-size",
-    "dp": "--dp-size",
-    "ep": "--ep-size",
-    "context_length": "--context-length",
-    "chunked_prefill_size": "--chunked-prefill-size",
-    "kv_cache_dtype": "--kv-cache-dtype",
-    "mem_fraction_static": "--mem-fraction-static",
-    "host": "--host",
-    "port": "--port",
-}
-_BOOL_FLAGS = {"enable_metrics": "--enable-metrics", "trust_remote_code": "--trust-remote-code"}
-# defaults SGLang itself uses; a flag equal to its SGLang default is still written, except these
-_OMIT_AT = {"dp": 1, "ep": 1}
 
 
 def resolve_path(name_or_path: str | os.PathLike | None = None) -> Path:
@@ -53,9 +40,15 @@ def resolve_path(name_or_path: str | os.PathLike | None = None) -> Path:
     return paths.asset("profiles", f"{value}.yaml")
 
 
-def load_cache_layout() -> dict[str, dict[str, Any]]:
+@functools.cache
+def cache_layout() -> dict[str, Any]:
+    """cache/layout.yaml, read once: kinds (folder, variables, shape flags) and the warm env."""
     with open(paths.asset("cache", "layout.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)["kinds"]
+        return yaml.safe_load(f)
+
+
+def load_cache_layout() -> dict[str, dict[str, Any]]:
+    return cache_layout()["kinds"]
 
 
 @dataclass(frozen=True)
@@ -118,72 +111,40 @@ class Profile:
         return {k: root / overrides.get(k, v["dir"]) for k, v in layout.items()}
 
     # ---- what the server runs with ----------------------------------------------------------
-    def server_argv(self, tracing_endpoint: str | None = None) -> list[str]:
-        """The exact argv of the server; `tracing_endpoint` (host:port) adds OTLP tracing."""
-        s = self.server
-        argv = [*s["launcher"], "--model-path", self.model_path]
-        for key, flag in _FLAGS.items():
-            value = s[key]
-            if value is None or _OMIT_AT.get(key) == value:
-                continue
-            argv += [flag, _fmt(value)]
-        for key, flag in _BOOL_FLAGS.items():
-            if s[key]:
-                argv.append(flag)
-        argv += flags_argv(s["args"])
-        if tracing_endpoint:
-            argv += ["--enable-trace", "--otlp-traces-endpoint", tracing_endpoint]
-        return argv
-
     def tracing_endpoint(self) -> str:
         t = self.telemetry
         return f"{t['bind']}:{t['ports']['jaeger_otlp']}"
 
-    def environment(self) -> dict[str, str]:
-        """Environment the server and the kit's tools run with (cache dirs, MoE config store).
+    def environment(self, sglang: SGLang | None = None) -> dict[str, str]:
+        """Environment the server and the kit's tools run with (cache dirs, MoE config store),
+        in the variable names that `sglang` (default: the installed version) reads.
 
         Secrets are not here: they pass through from the caller's environment untouched.
         """
+        sglang = sglang or SGLang.here()
         env: dict[str, str] = {}
         layout = load_cache_layout()
         for kind, folder in self.cache_dirs().items():
             for var in layout[kind]["env"]:
-                env[var] = str(folder)
+                if sglang.env_name_used(var):
+                    env[var] = str(folder)
         env["SGLANG_MOE_CONFIG_DIR"] = str(paths.asset("kernels"))
         env.update(self.data["env"])
         return env
 
 
-def flags_argv(args: dict[str, Any]) -> list[str]:
-    """{'enable-dp-attention': True, 'cuda-graph-max-bs': 8} -> ['--enable-dp-attention', ...]."""
-    argv: list[str] = []
-    for name, value in args.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True or value is None:
-            argv.append(flag)
-        elif value is False:
-            continue
-        elif isinstance(value, list):
-            argv += [flag, *(_fmt(v) for v in value)]
-        else:
-            argv += [flag, _fmt(value)]
-    return argv
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return repr(value)
-    return str(value)
-
-
 def _expand_paths(data: dict[str, Any], base: Path) -> None:
-    """Expand ~ and ${VAR:-default}; a relative model.config is relative to the profile file."""
+    """Expand ~ and ${VAR:-default}; a relative model.config, and a model.path starting with ./
+    or ../, are relative to the profile file."""
     for section, key in (("cache", "root"), ("telemetry", "root"), ("container", "storage")):
         data[section][key] = paths.expand(data[section][key])
     if data["model"]["config"]:
         cfg = Path(paths.expand(data["model"]["config"]))
         data["model"]["config"] = str(cfg if cfg.is_absolute() else (base / cfg).resolve())
-    data["model"]["path"] = paths.expand(data["model"]["path"])
+    model = paths.expand(data["model"]["path"])
+    if model.startswith(("./", "../")):  # a folder beside the profile (a hub id has no ./)
+        model = str((base / model).resolve())
+    data["model"]["path"] = model
     for m in data["container"]["mounts"]:
         m["source"] = paths.expand(m["source"])
 

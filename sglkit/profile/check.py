@@ -1,10 +1,6 @@
-"""Deeper checks of a profile than the schema can do, including SGLang's own argument parser."""
+"""Deeper checks of a profile than the schema can do (SGLang's own parser: sglkit.server.parse)."""
 
 from __future__ import annotations
-
-import argparse
-import contextlib
-import io
 
 from sglkit.errors import ConfigError
 from sglkit.profile import Profile
@@ -34,24 +30,4 @@ def check(profile: Profile) -> list[str]:
         notes.append("model.config: not set and model.path is not a local folder (not checked)")
     elif not cfg.is_file():
         notes.append(f"model.config: {cfg} not found on this machine (not checked)")
-    notes.append(parse_with_sglang(profile))
     return notes
-
-
-def parse_with_sglang(profile: Profile) -> str:
-    """Parse the server argv with SGLang's own ServerArgs parser where sglang is importable."""
-    try:
-        from sglang.srt.server_args import ServerArgs  # type: ignore[import-not-found]
-    except Exception as e:  # ImportError, or sglang failing to import on this host
-        return f"sglang: not importable here ({type(e).__name__}); server flags not parsed"
-    parser = argparse.ArgumentParser(prog="sglang.launch_server", exit_on_error=False)
-    ServerArgs.add_cli_args(parser)
-    argv = profile.server_argv()[len(profile.server["launcher"]) :]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            parser.parse_args(argv)
-    except (argparse.ArgumentError, SystemExit) as e:
-        last = (err.getvalue().strip().splitlines() or [str(e)])[-1]
-        raise ConfigError(f"{profile.path}: server: SGLang rejects the argv: {last}") from None
-    return "sglang: server argv parsed by SGLang's ServerArgs parser"

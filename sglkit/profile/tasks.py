@@ -10,22 +10,35 @@ from invoke import Collection
 from sglkit import profile as profiles
 from sglkit.cli import task
 from sglkit.profile.check import check as check_profile
+from sglkit.server import parse
+from sglkit.server import spec as server_spec
+from sglkit.versions import SGLang
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
 
-@task(help={"profile": PROFILE_HELP, "json": "print one JSON object instead of text"})
-def show(c, profile=None, json_=False):
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "json": "print one JSON object instead of text",
+        "sglang-version": "names for this SGLang version (default: the installed one)",
+    }
+)
+def show(c, profile=None, json_=False, sglang_version=None):
     """Print the resolved profile, the exact server argv and its environment."""
     p = profiles.load(profile)
-    env = profiles.redact_env({**p.environment(), **profiles.passthrough_secrets()})
-    argv = p.server_argv(p.tracing_endpoint() if p.telemetry["tracing"] else None)
+    sglang = SGLang(sglang_version) if sglang_version else SGLang.here()
+    tracing = p.tracing_endpoint() if p.telemetry["tracing"] else None
+    spec = server_spec.build(p, server_spec.Overrides(tracing_endpoint=tracing), sglang)
+    env = profiles.redact_env({**spec.environment(), **profiles.passthrough_secrets()})
+    argv = spec.argv()
     if json_:
-        print(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash()}, indent=2))
+        print(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash(),
+                          "sglang_version": sglang.version}, indent=2))  # fmt: skip
         return
     print(f"# profile {p.name}  ({p.path})  sha256 {p.hash()[:16]}")
     print(yaml.safe_dump(p.data, sort_keys=False).rstrip())
-    print("\n# server argv")
+    print(f"\n# server argv (SGLang {sglang.version or 'not installed: newest names'})")
     print(profiles.shell_line(argv))
     print("\n# environment")
     for k, v in sorted(env.items()):
@@ -36,7 +49,7 @@ def show(c, profile=None, json_=False):
 def check(c, profile=None):
     """Validate a profile: fields, values, and the server argv with SGLang's parser."""
     p = profiles.load(profile)
-    for note in check_profile(p):
+    for note in [*check_profile(p), *parse.parse_with_sglang(server_spec.build(p))]:
         print(f"  {note}")
     print(f"ok: {p.path}")
 

@@ -15,6 +15,7 @@ import yaml
 from sglkit import profile as profiles
 from sglkit.cache import archive, fingerprint, status, store
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.server import spec as server_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def fake_warm(profile: Path, **override) -> Path:
     (folder / "cache" / "kernel.a").mkdir(parents=True)
     (folder / "cache" / "kernel.a" / "kernel.cubin").write_bytes(os.urandom(10_000))
     (folder / "cache" / "kernel.b.cu").write_text("// source\n")
-    fp = fingerprint.compute(p, p.server_argv())
+    fp = fingerprint.compute(server_spec.build(p))
     fp.fields.update(override)
     store.write_marker(folder, {"kind": "deepgemm", "fingerprint": fp.to_json(),
                                 "warmed_at": "2026-01-01T00:00:00+00:00"})  # fmt: skip

@@ -103,16 +103,20 @@ def test_ready_server_warms_writes_marker_then_second_run_is_already_warm(
     # the child got the cache environment (it "compiled" into SGLANG_DG_CACHE_DIR) ...
     assert (folder / "cache" / "kernel.standin.cubin").stat().st_size == 4096
     record = json.loads((tmp_path / "standin-record.json").read_text())
-    for var in ("SGLANG_DG_CACHE_DIR", "SGL_DG_CACHE_DIR", "DG_JIT_CACHE_DIR"):
+    for var in ("SGLANG_DG_CACHE_DIR", "DG_JIT_CACHE_DIR"):
         assert record["env"][var] == str(folder)
     assert record["env"]["SGLANG_IN_DEEPGEMM_PRECOMPILE_STAGE"] == "1"
     # ... and exactly the serving argv plus the warm flags
     from sglkit import profile as profiles
-    from sglkit.cache.deepgemm import warm_flags
+    from sglkit.cache.deepgemm import warm_overrides
+    from sglkit.server import spec as server_spec
 
-    serve = profiles.load(profile).server_argv()
-    assert record["argv"][1:] == serve[2:] + warm_flags(3600.0)
-    assert marker["argv"] == serve + warm_flags(3600.0)
+    p = profiles.load(profile)
+    serve = server_spec.build(p).argv()
+    warm_argv = server_spec.build(p, server_spec.Overrides(**warm_overrides(3600.0))).argv()
+    assert warm_argv[: len(serve)] == serve and len(warm_argv) > len(serve)
+    assert record["argv"][1:] == warm_argv[2:]
+    assert marker["argv"] == warm_argv
     assert "sglang_version" in marker["fingerprint"]["unknown"]  # no SGLang here
 
     # second run through invoke: "already warm", exit 0, no server started

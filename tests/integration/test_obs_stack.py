@@ -28,6 +28,7 @@ from sglkit.net import free_port, wait_for
 from sglkit.observability import config as promconfig
 from sglkit.observability import tracing
 from sglkit.observability.services import PORT_NAMES
+from sglkit.server import spec as server_spec
 
 pytestmark = pytest.mark.requires("prometheus", "node_exporter")
 
@@ -552,7 +553,9 @@ def test_tracing_wires_jaeger_into_the_run_and_the_server_argv(tmp_path, stacks)
     assert f"--collector.otlp.grpc.host-port={j['otlp_endpoint']}" in argv
     assert m["versions"]["jaeger"] == "standin-jaeger (not Jaeger)"
     s.wait_targets(m, {"prometheus": "up", "node": "up", "jaeger": "up"})
-    server = tracing.server_argv(profiles.load(profile), m)
+    p = profiles.load(profile)
+    endpoint = tracing.endpoint(p, m)
+    server = server_spec.build(p, server_spec.Overrides(tracing_endpoint=endpoint)).argv()
     assert server[-3:] == ["--enable-trace", "--otlp-traces-endpoint", j["otlp_endpoint"]]
     meta = mf.read_meta_env(s.root / mf.META_ENV)
     assert meta["SGLKIT_OTLP_ENDPOINT"] == j["otlp_endpoint"]

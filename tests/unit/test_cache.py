@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from sglkit import profile as profiles
+from sglkit import versions
 from sglkit.cache import deepgemm, fingerprint, store
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.server import spec as server_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,19 +23,33 @@ def cpu_dev(tmp_path, monkeypatch):
     return "cpu-dev"
 
 
-def test_plan_is_the_serving_argv_plus_the_warm_flags(cpu_dev, tmp_path):
+@pytest.mark.parametrize(
+    ("version", "cuda_graph_off"),
+    [
+        ("0.5.16", ["--cuda-graph-backend-decode", "disabled",
+                    "--cuda-graph-backend-prefill", "disabled"]),
+        ("0.5.10", ["--disable-cuda-graph"]),
+    ],
+)  # fmt: skip
+def test_plan_is_the_serving_argv_plus_the_warm_flags(
+    cpu_dev, tmp_path, monkeypatch, version, cuda_graph_off
+):
+    monkeypatch.setattr(versions, "installed", lambda dist="sglang": version)
     pl = deepgemm.plan(cpu_dev, timeout=600)
-    p = profiles.load(cpu_dev)
-    assert pl.argv == [*p.server_argv(), "--load-format", "dummy", "--disable-cuda-graph",
+    serve = server_spec.build(profiles.load(cpu_dev))
+    assert pl.argv == [*serve.argv(), "--load-format", "dummy", *cuda_graph_off,
                        "--watchdog-timeout", "600"]  # fmt: skip
-    assert pl.serve_argv == p.server_argv()
     folder = tmp_path / "c" / "deepgemm"
     assert pl.folder == folder
-    for var in ("SGLANG_DG_CACHE_DIR", "SGL_DG_CACHE_DIR", "DG_JIT_CACHE_DIR", "DG_CACHE_DIR"):
+    for var in ("SGLANG_DG_CACHE_DIR", "DG_JIT_CACHE_DIR", "DG_CACHE_DIR"):
         assert pl.env[var] == str(folder)
     assert pl.env["SGLANG_IN_DEEPGEMM_PRECOMPILE_STAGE"] == "1"
-    assert pl.env["SGL_ENABLE_JIT_DEEPGEMM"] == "1"
-    assert pl.url == "http://127.0.0.1:30000"
+    assert pl.env["SGLANG_ENABLE_JIT_DEEPGEMM"] == "1"
+    # SGLang 0.5.16 renames every SGL_ variable itself, warning for each: the kit sets the old
+    # names only for versions before that
+    old = {"SGL_DG_CACHE_DIR", "SGL_ENABLE_JIT_DEEPGEMM", "SGL_JIT_DEEPGEMM_PRECOMPILE"}
+    assert (old <= set(pl.env)) == (version == "0.5.10")
+    assert pl.spec.url == "http://127.0.0.1:30000"
 
 
 def _profile_without_context_length(tmp_path: Path) -> Path:
@@ -49,7 +65,7 @@ def test_plan_requires_a_context_length(tmp_path):
         deepgemm.plan(str(path))
     assert e.value.exit_code == 2
     pl = deepgemm.plan(str(path), context_length=8192)
-    assert pl.serve_argv[pl.serve_argv.index("--context-length") + 1] == "8192"
+    assert pl.spec.flag_values()["--context-length"] == "8192"
 
 
 def test_context_length_flag_must_agree_with_the_profile(cpu_dev):
@@ -82,14 +98,16 @@ def test_model_and_launcher_overrides(cpu_dev):
     assert pl.argv[:4] == ["python3", "standin.py", "--x", "a b"]
     assert pl.argv[pl.argv.index("--model-path") + 1] == "org/Other"
     assert pl.profile.model_config_path() is None  # the profile's config.json is another model's
-    assert pl.url.endswith(":31000")
+    assert pl.spec.url.endswith(":31000")
 
 
-def test_shape_args_keeps_only_flags_that_change_kernels():
-    argv = ["python3", "-m", "sglang.launch_server", "--model-path", "m", "--tp-size", "8",
-            "--port", "30000", "--enable-dp-attention", "--chunked-prefill-size", "-1",
-            "--context-length=32768", "--host", "h"]  # fmt: skip
-    assert fingerprint.shape_args(argv) == {
+def test_shape_args_keeps_only_flags_that_change_kernels(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "m"}, "server": {
+        "tp": 8, "port": 30000, "chunked_prefill_size": -1, "context_length": 32768,
+        "host": "h", "args": {"enable-dp-attention": True}}}))  # fmt: skip
+    spec = server_spec.build(profiles.load(path), server_spec.Overrides(load_format="dummy"))
+    assert fingerprint.shape_args(spec) == {
         "--tp-size": "8",
         "--enable-dp-attention": True,
         "--chunked-prefill-size": "-1",
@@ -97,9 +115,24 @@ def test_shape_args_keeps_only_flags_that_change_kernels():
     }
 
 
+def test_deep_gemm_version_is_read_under_sglangs_distribution_name(tmp_path, monkeypatch):
+    """SGLang installs DeepGEMM as `sgl-deep-gemm`; the module is still `deep_gemm`."""
+    site = tmp_path / "site"
+    dist = site / "sgl_deep_gemm-0.1.4.post1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: sgl-deep-gemm\nVersion: 0.1.4.post1\n"
+    )
+    (dist / "top_level.txt").write_text("deep_gemm\n")
+    (site / "deep_gemm").mkdir()
+    (site / "deep_gemm" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(site))
+    assert fingerprint.deep_gemm_version() == "0.1.4.post1"
+
+
 def test_compute_hashes_the_model_config_and_names_unknowns(cpu_dev):
     p = profiles.load(cpu_dev)
-    fp = fingerprint.compute(p, p.server_argv())
+    fp = fingerprint.compute(server_spec.build(p))
     cfg = REPO / "profiles/models/Qwen3-30B-A3B/config.json"
     assert fp.fields["model_config_sha256"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
     assert fp.fields["server_args"]["--context-length"] == "4096"

@@ -12,6 +12,7 @@ from sglkit.errors import ConfigError
 from sglkit.observability import config as promconfig
 from sglkit.observability import services as svcs
 from sglkit.observability import tracing
+from sglkit.server import spec as server_spec
 
 PORTS = {
     "prometheus": 19090,
@@ -212,11 +213,16 @@ def manifest_with_jaeger(status):
     return {"services": {"jaeger": {"status": status, "otlp_endpoint": "127.0.0.1:14317"}}}
 
 
+def server_argv(profile, manifest):
+    endpoint = tracing.endpoint(profile, manifest)
+    return server_spec.build(profile, server_spec.Overrides(tracing_endpoint=endpoint)).argv()
+
+
 def test_server_argv_gains_otlp_flags_only_when_tracing_and_jaeger_runs(tmp_path):
     on = traced_profile(tmp_path, True)
-    argv = tracing.server_argv(on, manifest_with_jaeger("running"))
+    argv = server_argv(on, manifest_with_jaeger("running"))
     assert argv[-3:] == ["--enable-trace", "--otlp-traces-endpoint", "127.0.0.1:14317"]
-    assert "--enable-trace" not in tracing.server_argv(on, manifest_with_jaeger("absent"))
-    assert "--enable-trace" not in tracing.server_argv(on, None)
+    assert "--enable-trace" not in server_argv(on, manifest_with_jaeger("absent"))
+    assert "--enable-trace" not in server_argv(on, None)
     off = traced_profile(tmp_path, False)
-    assert "--enable-trace" not in tracing.server_argv(off, manifest_with_jaeger("running"))
+    assert "--enable-trace" not in server_argv(off, manifest_with_jaeger("running"))

@@ -13,9 +13,11 @@ import yaml
 from sglkit import profile as profiles
 from sglkit.errors import ConfigError
 from sglkit.profile.check import check
+from sglkit.server import parse
+from sglkit.server import spec as server_spec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["cpu-dev", "deepseek-v3-gh200", "qwen3-30b-a3b-gh200"]
+SHIPPED = ["cpu-dev", "deepseek-v3-gh200", "qwen3-30b-a3b-gh200", "qwen3-moe-fp8-2l"]
 
 
 def write(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:
@@ -32,9 +34,9 @@ def minimal(**server) -> dict:
 def test_shipped_profiles_load_and_check(name):
     p = profiles.load(name)
     assert p.name == name
-    notes = check(p)
-    assert any(n.startswith("sglang:") for n in notes)
-    argv = p.server_argv()
+    notes = [*check(p), *parse.parse_with_sglang(server_spec.build(p))]
+    assert any(n.startswith("sglang") for n in notes)
+    argv = server_spec.build(p).argv()
     assert argv[argv.index("--model-path") + 1] == p.model_path
     assert argv[argv.index("--context-length") + 1] == str(p.server["context_length"])
 
@@ -58,7 +60,9 @@ def test_argv_is_exact_list(tmp_path):
             args={"enable-dp-attention": True, "cuda-graph-bs": [1, 2, 4], "disable-x": False},
         ),
     )
-    argv = profiles.load(path).server_argv(tracing_endpoint="127.0.0.1:4317")
+    argv = server_spec.build(
+        profiles.load(path), server_spec.Overrides(tracing_endpoint="127.0.0.1:4317")
+    ).argv()
     assert argv == [
         "python3", "-m", "sglang.launch_server", "--model-path", "org/model",
         "--tp-size", "4", "--ep-size", "2", "--context-length", "4096",
@@ -71,7 +75,7 @@ def test_argv_is_exact_list(tmp_path):
 
 def test_argv_keeps_hostile_strings_as_single_arguments(tmp_path):
     path = write(tmp_path, {"model": {"path": "m; rm -rf / $(x)"}, "server": {}})
-    argv = profiles.load(path).server_argv()
+    argv = server_spec.build(profiles.load(path)).argv()
     assert "m; rm -rf / $(x)" in argv
 
 

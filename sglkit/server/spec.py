@@ -1,0 +1,180 @@
+"""The typed server spec: a profile plus explicit overrides -> flags, argv, environment, URL.
+
+It mirrors the part of SGLang's ServerArgs that the kit sets. argv is derived from `flags()`,
+and everything else that needs a flag's value (the cache fingerprint, the URL, profile.check)
+reads the spec's fields or `flags()`, never the argv back. Names that differ by SGLang version
+come from sglkit.versions for the version the spec is built for (the installed one by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sglkit.profile import Profile
+from sglkit.versions import SGLang
+
+FlagValue = str | bool | list[str]
+
+# profile field -> SGLang flag, in argv order; the rest of server.* is structural
+PROFILE_FLAGS = {
+    "tp": "--tp-size",
+    "dp": "--dp-size",
+    "ep": "--ep-size",
+    "context_length": "--context-length",
+    "chunked_prefill_size": "--chunked-prefill-size",
+    "kv_cache_dtype": "--kv-cache-dtype",
+    "mem_fraction_static": "--mem-fraction-static",
+    "host": "--host",
+    "port": "--port",
+}
+BOOL_FLAGS = {"enable_metrics": "--enable-metrics", "trust_remote_code": "--trust-remote-code"}
+# a flag equal to SGLang's own default is still written, except these
+OMIT_AT = {"dp": 1, "ep": 1}
+LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a task changes on top of the profile, each a typed value (None: keep the profile's)."""
+
+    model_path: str | None = None
+    port: int | None = None
+    host: str | None = None
+    launcher: tuple[str, ...] | None = None
+    context_length: int | None = None
+    # flags the kit adds for its own runs (warm-ups, tests)
+    load_format: str | None = None
+    skip_tokenizer_init: bool = False
+    disable_cuda_graph: bool = False
+    watchdog_timeout: float | None = None
+    tracing_endpoint: str | None = None
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    profile: Profile
+    server: dict[str, Any]  # the profile's server section with the overrides applied
+    model_path: str
+    overrides: Overrides
+    sglang: SGLang
+
+    # ---- flags and argv -----------------------------------------------------------------------
+    def flags(self) -> list[tuple[str, FlagValue]]:
+        """(flag, value) in argv order; True is a bare flag, a list is several values."""
+        s, o = self.server, self.overrides
+        out: list[tuple[str, FlagValue]] = [("--model-path", self.model_path)]
+        for key, flag in PROFILE_FLAGS.items():
+            value = s[key]
+            if value is None or OMIT_AT.get(key) == value:
+                continue
+            out.append((flag, fmt(value)))
+        out += [(flag, True) for key, flag in BOOL_FLAGS.items() if s[key]]
+        kit: list[tuple[str, FlagValue]] = []
+        if o.load_format:
+            kit.append(("--load-format", o.load_format))
+        if o.skip_tokenizer_init:
+            kit.append(("--skip-tokenizer-init", True))
+        if o.disable_cuda_graph:
+            kit += self.sglang.disable_cuda_graph()
+        if o.watchdog_timeout is not None:
+            kit.append(("--watchdog-timeout", f"{o.watchdog_timeout:g}"))
+        if o.tracing_endpoint:
+            kit += [("--enable-trace", True), ("--otlp-traces-endpoint", o.tracing_endpoint)]
+        # an override replaces the profile's own `server.args` entry of the same flag
+        taken = {flag for flag, _ in kit}
+        out += [f for f in args_flags({**s["args"], **o.extra_args}) if f[0] not in taken]
+        return out + kit
+
+    @property
+    def launcher(self) -> list[str]:
+        return list(self.server["launcher"])
+
+    def server_args(self) -> list[str]:
+        """The argv after the launcher: what SGLang's own parser reads."""
+        return flatten(self.flags())
+
+    def argv(self) -> list[str]:
+        return [*self.launcher, *self.server_args()]
+
+    def flag_values(self, wanted: set[str] | None = None) -> dict[str, FlagValue]:
+        return {f: v for f, v in self.flags() if wanted is None or f in wanted}
+
+    # ---- where it answers, what it runs with ------------------------------------------------
+    @property
+    def host(self) -> str:
+        return self.server["host"]
+
+    @property
+    def port(self) -> int:
+        return self.server["port"]
+
+    @property
+    def url(self) -> str:
+        """The URL a client on this machine uses (a wildcard bind is reached on loopback)."""
+        host = LOOPBACK_FOR.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The cache and kit environment for this SGLang version (secrets pass through)."""
+        return self.profile.environment(self.sglang)
+
+
+def build(
+    profile: Profile, overrides: Overrides | None = None, sglang: SGLang | None = None
+) -> ServerSpec:
+    """The spec of serving `profile` with `overrides` under `sglang` (default: the installed)."""
+    o = overrides or Overrides()
+    server = dict(profile.server)
+    for key in ("port", "host", "context_length"):
+        value = getattr(o, key)
+        if value is not None:
+            server[key] = value
+    if o.launcher is not None:
+        server["launcher"] = list(o.launcher)
+    return ServerSpec(
+        profile=profile,
+        server=server,
+        model_path=o.model_path or profile.model_path,
+        overrides=o,
+        sglang=sglang or SGLang.here(),
+    )
+
+
+def with_overrides(spec: ServerSpec, **changes: Any) -> ServerSpec:
+    """The same profile and version with some overrides changed."""
+    return build(spec.profile, replace(spec.overrides, **changes), spec.sglang)
+
+
+def args_flags(args: dict[str, Any]) -> list[tuple[str, FlagValue]]:
+    """The profile's free-form `server.args`: {'enable-dp-attention': True, 'x': 8} -> flags."""
+    out: list[tuple[str, FlagValue]] = []
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True or value is None:
+            out.append((flag, True))
+        elif value is False:
+            continue
+        elif isinstance(value, list):
+            out.append((flag, [fmt(v) for v in value]))
+        else:
+            out.append((flag, fmt(value)))
+    return out
+
+
+def flatten(flags: list[tuple[str, FlagValue]]) -> list[str]:
+    argv: list[str] = []
+    for flag, value in flags:
+        argv.append(flag)
+        if isinstance(value, list):
+            argv += value
+        elif value is not True:
+            argv.append(value)
+    return argv
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(value)
+    return str(value)
