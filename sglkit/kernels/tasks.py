@@ -422,13 +422,15 @@ def run_tune(
     sglang_version: str | None = None,
     ray_options: dict[str, Any] | None = None,
     on_progress=None,
+    store_root: Path | None = None,
 ) -> tuple[Path, Path, dict]:
     """Search, write the store file (merged, atomically) and the report; (file, report, results).
 
     `measure` runs the search here; `measure_factory` with `ray_address` (not False) runs it on
-    Ray. The store is the profile's SGLANG_MOE_CONFIG_DIR; the state and the report go under the
-    profile's cache root (kernels-tune/triton_X_Y_Z/). `on_progress(event, info)` also gets
-    the search's events (benchmarks/tune_moe.py saves partial results with it).
+    Ray. The file goes to the kit's store (`store_root`, default `store.root()`: kernels/); the
+    state and the report go under the profile's cache root (kernels-tune/triton_X_Y_Z/).
+    `on_progress(event, info)` also gets the search's events (benchmarks/tune_moe.py saves
+    partial results with it).
     """
     from sglkit.fsutil import atomic_write_text
     from sglkit.kernels import search
@@ -436,8 +438,7 @@ def run_tune(
 
     rule = names.rule_for(sglang_version)
     file_name = _name_for(shape, device, False, rule.version)
-    store_root = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
-    out_path = store.file_path(file_name, triton_version, store_root)
+    out_path = store.file_path(file_name, triton_version, store_root or store.root())
     state_path = state_path_for(p, file_name, triton_version)
     identity = {
         "file": file_name,
