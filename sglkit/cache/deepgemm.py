@@ -326,6 +326,9 @@ def warm(
             raise SglkitError(
                 f"server.port: {host}:{port} is already in use; stop that server or pass --port"
             )
+        from sglkit.kernels import overlay
+
+        overlay.prepare(pl.profile)  # SGLANG_MOE_CONFIG_DIR must name a built overlay
         store.remove_marker(pl.folder)  # from here on a crash leaves no claim of "warm"
         for unknown in fp.unknown:
             rep.say(f"fingerprint: {unknown} unknown here ({fp.reasons.get(unknown, '?')})")

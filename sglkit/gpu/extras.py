@@ -92,6 +92,9 @@ def _server(ctx: Context, prof, model: Path) -> None:
         argv += ["--port", str(port)]
     if "--host" in argv:
         argv[argv.index("--host") + 1] = "127.0.0.1"
+    from sglkit.kernels import overlay
+
+    overlay.prepare(prof)  # SGLANG_MOE_CONFIG_DIR must name a built overlay
     env = {**os.environ, **prof.environment()}
     import subprocess
 

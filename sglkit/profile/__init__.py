@@ -22,6 +22,9 @@ from sglkit.errors import ConfigError
 from sglkit.profile.schema import SECRET_NAME, Invalid, validate
 
 DEFAULT_PROFILE = "cpu-dev"
+# folder under cache.root that SGLANG_MOE_CONFIG_DIR names (not a cache kind: it is rebuilt from
+# the store and the installed SGLang before every server start, never warmed or exported)
+MOE_OVERLAY_DIR = "moe-configs"
 REDACTED = "<redacted>"
 
 # profile field -> SGLang flag; the rest of server.* is structural (launcher, args)
@@ -149,7 +152,9 @@ class Profile:
         for kind, folder in self.cache_dirs().items():
             for var in layout[kind]["env"]:
                 env[var] = str(folder)
-        env["SGLANG_MOE_CONFIG_DIR"] = str(paths.asset("kernels"))
+        # the MoE config overlay (sglkit.kernels.overlay): the kit's store over SGLang's shipped
+        # configs, rebuilt there by overlay.prepare(profile) before a server starts
+        env["SGLANG_MOE_CONFIG_DIR"] = str(self.cache_root() / MOE_OVERLAY_DIR)
         env.update(self.data["env"])
         return env
 
