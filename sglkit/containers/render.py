@@ -86,7 +86,9 @@ def container_env() -> dict[str, str]:
     for kind in load_cache_layout().values():
         for var in kind["env"]:
             env[var] = f"{MOUNT_POINTS['cache']}/{kind['dir']}"
-    env["SGLANG_MOE_CONFIG_DIR"] = "/opt/sglkit/src/kernels"
+    # No SGLANG_MOE_CONFIG_DIR here: it would make every SGLang in the image read one folder
+    # instead of its own shipped configs. The kit's launchers set it per run to the overlay they
+    # build (sglkit.kernels.overlay.prepare); an SGLang started by hand reads its own configs.
     return env
 
 

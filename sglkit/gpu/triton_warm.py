@@ -3,7 +3,8 @@
 What SGLang will compile at serving time is decided by three things, all mirrored here:
 
 1. Which config file it reads: `<SGLANG_MOE_CONFIG_DIR>/configs/triton_<version>/<name>`, else
-   the same name under another `triton_*` folder (replayed by sglkit.kernels.store.lookup).
+   the same name under another `triton_*` folder, in the overlay of the kit's store over SGLang's
+   shipped configs (replayed by sglkit.kernels.overlay.replay).
 2. Which entry of it a batch of M tokens uses: the key nearest to M, first key on a tie.
 3. Which Triton specialization that call compiles: the kernel's integer arguments EM (length of
    the aligned token list) and num_valid_tokens (M * topk) are specialized on "divisible by 16"
@@ -172,11 +173,13 @@ class Target:
 
 
 def locate(prof, device: str, triton_version: str, config_file: str | None = None,
-           max_tokens: int | None = None, store_root: Path | None = None) -> Target:  # fmt: skip
+           max_tokens: int | None = None, store_root: Path | None = None,
+           sglang_dir: Any = "installed") -> Target:  # fmt: skip
     """The profile's MoE shape, its config file name on GPU `device`, and the file SGLang
-    `triton_version` would load from the store (SGLANG_MOE_CONFIG_DIR); no GPU needed."""
-    from sglkit import paths
-    from sglkit.kernels import names, shapes, store
+    `triton_version` would load through SGLANG_MOE_CONFIG_DIR (the overlay of the kit's store,
+    `store_root` or kernels/, over SGLang's shipped configs: `sglang_dir`, a configs folder or
+    None, default the installed SGLang's); no GPU needed."""
+    from sglkit.kernels import names, overlay, shapes
 
     cfg = prof.model_config_path()
     if cfg is None:
@@ -190,13 +193,18 @@ def locate(prof, device: str, triton_version: str, config_file: str | None = Non
         if not Path(config_file).is_file():
             raise ConfigError(f"--config-file: {config_file}: no such file")
         return Target(shape, file_name, Path(config_file), limit, "--config-file")
-    root = store_root or Path(
-        prof.environment().get("SGLANG_MOE_CONFIG_DIR") or paths.asset("kernels")
+    # SGLang's lookup over the overlay the server will read (the store over SGLang's own files)
+    (found,) = overlay.replay(
+        [file_name],
+        triton_version,
+        names.rule_for(None),
+        Path(prof.environment()["SGLANG_MOE_CONFIG_DIR"]),
+        store_root,
+        overlay.INSTALLED if sglang_dir == "installed" else sglang_dir,
     )
-    found = store.lookup(file_name, triton_version, names.rule_for(None), root)
-    if found.status == "error":
-        raise ConfigError(f"kernels store: {found.warning}")
-    return Target(shape, file_name, found.path, limit, found.status)
+    if found.lookup.status == "error":
+        raise ConfigError(f"kernels store: {found.lookup.warning}")
+    return Target(shape, file_name, found.origin, limit, found.lookup.status)
 
 
 def profile_target(prof, config_file: str | None = None, max_tokens: int | None = None,

@@ -1,9 +1,10 @@
 """The tuned-config store: kernels/configs/triton_X_Y_Z/<SGLang file name>.json.
 
-SGLang reads it unpatched when SGLANG_MOE_CONFIG_DIR=<repo>/kernels (profile.environment()
-sets that). `lookup()` replays SGLang's get_moe_configs search for one file name (exact Triton
-folder, then the fallback folders, then the default config) so `kernels.check` can say what the
-server will do; `validate()` checks every file; `migrate()` renames the old fork's names.
+SGLang reads it unpatched through the overlay SGLANG_MOE_CONFIG_DIR names (sglkit.kernels.overlay:
+this store copied over SGLang's shipped configs). `lookup()` replays SGLang's get_moe_configs
+search for one file name in a folder holding configs/ (exact Triton folder, then the fallback
+folders, then the default config) so `kernels.check` can say what the server will do;
+`validate()` checks every file; `migrate()` renames the old fork's names.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ OPTIONAL_FIELDS = {"USE_TMA", "waves_per_eu", "SPLIT_K", "kpack", "matrix_instr_
 
 
 def root() -> Path:
-    """The folder SGLANG_MOE_CONFIG_DIR points at (it holds configs/)."""
+    """The kit's store (it holds configs/); SGLang reads it through the overlay."""
     return paths.asset("kernels")
 
 

@@ -138,11 +138,22 @@ def name(
         "device_name": "GPU name (default: ask the GPU)",
         "triton_version": "Triton version SGLang runs with (default: installed)",
         "sglang_version": "SGLang version (default: installed, else newest read)",
+        "store": "the kit's store folder holding configs/ (default: kernels/)",
         "json": "one JSON object on stdout",
     }
 )
-def check(c, profile=None, device_name=None, triton_version=None, sglang_version=None, json_=False):
-    """Which file SGLang loads for this profile, GPU and Triton; fallback; batch sizes covered."""
+def check(
+    c,
+    profile=None,
+    device_name=None,
+    triton_version=None,
+    sglang_version=None,
+    store_=None,
+    json_=False,
+):
+    """Which file the server reads for this profile, GPU and Triton, from where, and why."""
+    from sglkit.kernels import overlay
+
     p = profiles.load(profile)
     shape = profile_shape(p)
     rule = names.rule_for(sglang_version)
@@ -150,19 +161,27 @@ def check(c, profile=None, device_name=None, triton_version=None, sglang_version
     triton_v = triton_version or names.installed_triton_version()
     if not triton_v:
         raise SglkitError("--triton-version: Triton is not installed here; give --triton-version")
-    store_root = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
+    store_root = Path(store_) if store_ else store.root()
+    overlay_dir = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
+    shipped = overlay.sglang_configs_dir()
+    file_names = [
+        _name_for(shape, device, down, rule.version)
+        for down in [False] + ([True] if rule.down_lookup else [])
+    ]
+    verdicts = overlay.replay(file_names, triton_v, rule, overlay_dir, store_root, shipped)
     report = []
-    kinds = [False] + ([True] if rule.down_lookup else [])
-    for down in kinds:
-        n = _name_for(shape, device, down, rule.version)
-        lk = store.lookup(n, triton_v, rule, store_root)
+    for n, v in zip(file_names, verdicts, strict=True):
+        lk = v.lookup
         report.append(
             {
                 "file": n,
-                "down": down,
+                "down": n.endswith("_down.json"),
                 "expected_path": str(lk.expected),
                 "status": lk.status,
                 "loads": str(lk.path) if lk.path else None,
+                "source": v.source,
+                "source_path": str(v.origin) if v.origin else None,
+                "reason": v.reason,
                 "warning": lk.warning,
                 "batch_sizes": lk.batch_sizes,
             }
@@ -170,13 +189,28 @@ def check(c, profile=None, device_name=None, triton_version=None, sglang_version
     if json_:
         print(
             json.dumps(
-                {"profile": p.name, "sglang": rule.version, "triton": triton_v, "files": report},
+                {
+                    "profile": p.name,
+                    "sglang": rule.version,
+                    "triton": triton_v,
+                    "overlay": str(overlay_dir),
+                    "store": str(store_root),
+                    "sglang_configs": str(shipped) if shipped else None,
+                    "files": report,
+                },
                 indent=2,
             )
         )
         return
     print(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
-    print(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={store_root}")
+    print(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={overlay_dir}")
+    print(f"# overlay of the kit's store {store_root / 'configs'}")
+    print(
+        f"#   over SGLang's shipped configs {shipped}"
+        if shipped
+        else "#   alone: no installed SGLang's configs folder found"
+    )
+    sources = {overlay.KIT: "kit store", overlay.SGLANG: "SGLang shipped"}
     for r in report:
         label = "down projection" if r["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")
         print(f"{label}: {r['file']}")
@@ -184,10 +218,34 @@ def check(c, profile=None, device_name=None, triton_version=None, sglang_version
             f"  status: {r['status']}"
             + (f" -> {r['loads']}" if r["loads"] and r["status"] != "found" else "")
         )
+        if r["source"]:
+            print(f"  reads: {r['source_path']} ({sources[r['source']]})")
+        print(f"  why: {r['reason']}")
         if r["warning"]:
             print(f"  SGLang logs: {r['warning']}")
         if r["batch_sizes"]:
             print(f"  batch sizes: {', '.join(str(b) for b in r['batch_sizes'])}")
+
+
+@task(help={"profile": PROFILE_HELP, "store": "the kit's store folder (default: kernels/)"})
+def overlay(c, profile=None, store_=None):
+    """(Re)build the MoE config overlay SGLANG_MOE_CONFIG_DIR names (server launchers do this)."""
+    from sglkit.kernels import overlay as ov
+
+    p = profiles.load(profile)
+    dest = ov.build(
+        Path(p.environment()["SGLANG_MOE_CONFIG_DIR"]),
+        Path(store_) if store_ else store.root(),
+    )
+    counts: dict[str, int] = {}
+    for e in (ov.read_sources(dest) or {}).values():
+        counts[e["source"]] = counts.get(e["source"], 0) + 1
+    shipped = ov.sglang_configs_dir()
+    print(
+        f"{dest}: {counts.get(ov.KIT, 0)} file(s) from the kit's store, "
+        f"{counts.get(ov.SGLANG, 0)} shipped by SGLang"
+        + ("" if shipped else " (no installed SGLang's configs folder found)")
+    )
 
 
 @task(help={"store": "store folder holding configs/ (default: the kit's kernels/)"})
@@ -422,13 +480,15 @@ def run_tune(
     sglang_version: str | None = None,
     ray_options: dict[str, Any] | None = None,
     on_progress=None,
+    store_root: Path | None = None,
 ) -> tuple[Path, Path, dict]:
     """Search, write the store file (merged, atomically) and the report; (file, report, results).
 
     `measure` runs the search here; `measure_factory` with `ray_address` (not False) runs it on
-    Ray. The store is the profile's SGLANG_MOE_CONFIG_DIR; the state and the report go under the
-    profile's cache root (kernels-tune/triton_X_Y_Z/). `on_progress(event, info)` also gets
-    the search's events (benchmarks/tune_moe.py saves partial results with it).
+    Ray. The file goes to the kit's store (`store_root`, default `store.root()`: kernels/); the
+    state and the report go under the profile's cache root (kernels-tune/triton_X_Y_Z/).
+    `on_progress(event, info)` also gets the search's events (benchmarks/tune_moe.py saves
+    partial results with it).
     """
     from sglkit.fsutil import atomic_write_text
     from sglkit.kernels import search
@@ -436,8 +496,7 @@ def run_tune(
 
     rule = names.rule_for(sglang_version)
     file_name = _name_for(shape, device, False, rule.version)
-    store_root = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
-    out_path = store.file_path(file_name, triton_version, store_root)
+    out_path = store.file_path(file_name, triton_version, store_root or store.root())
     state_path = state_path_for(p, file_name, triton_version)
     identity = {
         "file": file_name,
@@ -496,4 +555,4 @@ def run_tune(
     return out_path, report_path, results
 
 
-ns = Collection("kernels", name, check, validate, migrate, tune)
+ns = Collection("kernels", name, check, overlay, validate, migrate, tune)

@@ -25,6 +25,9 @@ from sglkit.profile.schema import SECRET_NAME, Invalid, validate
 from sglkit.versions import SGLang
 
 DEFAULT_PROFILE = "cpu-dev"
+# folder under cache.root that SGLANG_MOE_CONFIG_DIR names (not a cache kind: it is rebuilt from
+# the store and the installed SGLang before every server start, never warmed or exported)
+MOE_OVERLAY_DIR = "moe-configs"
 REDACTED = "<redacted>"
 
 
@@ -128,7 +131,9 @@ class Profile:
             for var in layout[kind]["env"]:
                 if sglang.env_name_used(var):
                     env[var] = str(folder)
-        env["SGLANG_MOE_CONFIG_DIR"] = str(paths.asset("kernels"))
+        # the MoE config overlay (sglkit.kernels.overlay): the kit's store over SGLang's shipped
+        # configs, rebuilt there by overlay.prepare(profile) before a server starts
+        env["SGLANG_MOE_CONFIG_DIR"] = str(self.cache_root() / MOE_OVERLAY_DIR)
         env.update(self.data["env"])
         return env
 

@@ -137,6 +137,24 @@ def string_map(v: Any) -> dict[str, str]:
     return out
 
 
+# Set by the kit itself (Profile.environment()); a profile's env may not override them.
+KIT_OWNED_ENV = {
+    "SGLANG_MOE_CONFIG_DIR": (
+        "set by the kit to the MoE config overlay under cache.root (the kit's store over "
+        "SGLang's shipped configs); put tuned files in kernels/configs/ instead"
+    ),
+}
+
+
+def profile_env(v: Any) -> dict[str, str]:
+    """The profile's `env`: a string map without the variables the kit sets itself."""
+    out = string_map(v)
+    for k in out:
+        if k in KIT_OWNED_ENV:
+            raise ValueError(f"{k}: {KIT_OWNED_ENV[k]}")
+    return out
+
+
 def extra_args(v: Any) -> dict[str, Any]:
     """Any other SGLang `--flag`: name without dashes -> value (true for a bare flag, list)."""
     if not isinstance(v, dict):
@@ -212,7 +230,7 @@ SCHEMA = Section(
                 "args": F(extra_args, default={}),
             }
         ),
-        "env": F(string_map, default={}),
+        "env": F(profile_env, default={}),
         "cache": Section(
             {
                 "root": F(string, default="${SGLKIT_CACHE_ROOT:-~/.cache/sglkit}"),

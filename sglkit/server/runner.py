@@ -28,6 +28,7 @@ import requests
 from rich.console import Console
 
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.kernels import overlay
 from sglkit.net import port_in_use
 from sglkit.proc import group_members, spawn, terminate_group
 from sglkit.server.spec import ServerSpec
@@ -224,6 +225,9 @@ class Server:
 
     def start(self) -> None:
         self.check_port()
+        # SGLANG_MOE_CONFIG_DIR (profile.environment) names the overlay of the kit's tuned MoE
+        # configs over the installed SGLang's own: (re)built here, before every start
+        overlay.prepare(self.spec.profile)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.spec.argv()
         with open(self.log_path, "ab") as log:

@@ -185,7 +185,8 @@ def test_run_tune_on_ray_writes_the_store_file(cluster, tmp_path):
 
     p = make_profile(tmp_path)
     shape = profile_shape(p)
-    kw = {"device": "NVIDIA H200", "triton_version": "3.4.0", "sglang_version": "0.5.23"}
+    kw = {"device": "NVIDIA H200", "triton_version": "3.4.0", "sglang_version": "0.5.23",
+          "store_root": tmp_path / "store"}  # fmt: skip
     out, _, _ = run_tune(
         p, shape, [1, 64, 4096], measure_factory=StandInFactory(), ray_address=None,
         ray_options={"gpus_per_task": 0, "cpus_per_task": 1}, **kw,

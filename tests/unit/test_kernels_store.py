@@ -7,6 +7,7 @@ folder newest first, then a _down file falls back to the up file) and 0.5.8 (fix
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,10 +144,11 @@ def test_write_configs_merges_and_orders(tmp_path):
 # ---- the invoke tasks, run as a user runs them ------------------------------------------------------
 
 
-def inv(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def inv(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -205,12 +207,14 @@ def test_check_task_against_a_store(tmp_path):
     model_cfg = asset("profiles", "models", "DeepSeek-V3", "config.json")
     prof.write_text(
         "name: t\nmodel:\n  path: deepseek-ai/DeepSeek-V3\n"
-        f"  config: {model_cfg}\nserver:\n  tp: 8\nenv:\n  SGLANG_MOE_CONFIG_DIR: {root}\n"
+        f"  config: {model_cfg}\nserver:\n  tp: 8\ncache:\n  root: {tmp_path / 'cache'}\n"
     )
     base = [
         "kernels.check",
         "--profile",
         str(prof),
+        "--store",
+        str(root),
         "--device-name",
         "NVIDIA H200",
         "--triton-version",
@@ -218,14 +222,20 @@ def test_check_task_against_a_store(tmp_path):
         "--sglang-version",
         "0.5.23",
     ]
-    r = inv(*base)
+    # an SGLang that ships no configs (found first on the path): the overlay is the store alone
+    (tmp_path / "site" / "sglang").mkdir(parents=True)
+    (tmp_path / "site" / "sglang" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    r = inv(*base, env=env)
     assert r.returncode == 0, r.stderr
     assert DSV3_NAME in r.stdout and "status: default" in r.stdout
     put(root, "3.3.1", DSV3_NAME, {"1": CFG, "4096": CFG})
-    r = inv(*base, "--json")
+    r = inv(*base, "--json", env=env)
     files = json.loads(r.stdout)["files"]
     assert files[0]["status"] == "fallback" and files[0]["batch_sizes"] == [1, 4096]
+    assert files[0]["source"] == "kit"
     assert files[1]["down"] and files[1]["status"] == "up-config"
+    assert not (tmp_path / "cache").exists()  # check replays; it builds nothing in the cache
 
 
 def test_validate_and_migrate_tasks(tmp_path):

@@ -49,7 +49,6 @@ def make_profile(tmp_path) -> profiles.Profile:
         "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
         f"  config: {asset('profiles', 'models', 'Qwen3-30B-A3B', 'config.json')}\n"
         f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
-        f"env:\n  SGLANG_MOE_CONFIG_DIR: {tmp_path / 'store'}\n"
     )
     (tmp_path / "store" / "configs").mkdir(parents=True)
     return profiles.load(y)
@@ -68,7 +67,7 @@ def test_run_tune_writes_the_store_file_sglang_looks_up(tmp_path, capsys):
 
     out, report, results = run_tune(
         p, shape, BS, device="NVIDIA H200", triton_version="3.4.0", measure=measure,
-        default_config=sglang_like_default, sglang_version="0.5.23",
+        default_config=sglang_like_default, sglang_version="0.5.23", store_root=tmp_path / "store",
     )  # fmt: skip
     assert (
         out
@@ -95,6 +94,7 @@ def test_run_tune_writes_the_store_file_sglang_looks_up(tmp_path, capsys):
     run_tune(
         p, shape, BS, device="NVIDIA H200", triton_version="3.4.0", measure=measure,
         default_config=sglang_like_default, sglang_version="0.5.23", resume=True,
+        store_root=tmp_path / "store",
     )  # fmt: skip
     assert calls == []
     assert json.loads(out.read_text()) == data
@@ -108,6 +108,7 @@ def test_a_tuned_subset_merges_into_an_existing_file(tmp_path):
         "triton_version": "3.4.0",
         "measure": stand_in_cost,
         "sglang_version": "0.5.23",
+        "store_root": tmp_path / "store",
     }
     out, _, _ = run_tune(p, shape, [1, 4096], **kw)
     run_tune(p, shape, [64], **kw)

@@ -98,6 +98,7 @@ def test_argv_keeps_hostile_strings_as_single_arguments(tmp_path):
         ({"model": {"path": "m"}, "container": {"variant": "arm"}}, "container.variant"),
         ({"model": {"path": "m"}, "env": {"HF_TOKEN": "hf_x"}}, "env"),
         ({"model": {"path": "m"}, "env": {"WANDB_API_KEY": "x"}}, "env"),
+        ({"model": {"path": "m"}, "env": {"SGLANG_MOE_CONFIG_DIR": "/x"}}, "env"),
         ({"server": {}}, "model"),
         ({"model": {}}, "model.path"),
     ],
@@ -126,7 +127,7 @@ def test_ep_must_divide_tp_and_ports_must_differ(tmp_path):
         check(profiles.load(write(tmp_path, clash, "c.yaml")))
 
 
-def test_environment_points_caches_and_moe_store(tmp_path, monkeypatch):
+def test_environment_points_caches_and_moe_overlay(tmp_path, monkeypatch):
     monkeypatch.setenv("SGLKIT_CACHE_ROOT", str(tmp_path / "c"))
     env = profiles.load("cpu-dev").environment()
     assert env["SGLANG_DG_CACHE_DIR"] == str(tmp_path / "c" / "deepgemm")
@@ -134,7 +135,9 @@ def test_environment_points_caches_and_moe_store(tmp_path, monkeypatch):
     assert env["HF_HOME"] == str(tmp_path / "c" / "huggingface")
     for var in ("FLASHINFER_WORKSPACE_BASE", "TORCHINDUCTOR_CACHE_DIR", "DG_JIT_CACHE_DIR"):
         assert env[var].startswith(str(tmp_path / "c"))
-    assert env["SGLANG_MOE_CONFIG_DIR"] == str(REPO / "kernels")
+    # the overlay of the kit's store over SGLang's shipped configs (sglkit.kernels.overlay),
+    # never the store alone: SGLang would stop finding the configs it ships
+    assert env["SGLANG_MOE_CONFIG_DIR"] == str(tmp_path / "c" / "moe-configs")
 
 
 def test_relative_model_config_resolves_beside_profile():

@@ -116,14 +116,14 @@ def test_locate_finds_the_file_sglang_would_load(tmp_path):
 
     prof = profiles.load("qwen3-30b-a3b-gh200")
     (tmp_path / "configs").mkdir()
-    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path)
+    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path, sglang_dir=None)
     assert (t.file_name, t.config_file, t.lookup) == (QWEN_H200, None, "default")
     assert t.max_tokens == 8192  # the profile's chunked_prefill_size
     older = _store_file(tmp_path, "triton_3_5_1", QWEN_H200)
-    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path)
+    t = locate(prof, "NVIDIA H200", "3.6.0", store_root=tmp_path, sglang_dir=None)
     assert (t.config_file, t.lookup) == (older, "fallback")
     exact = _store_file(tmp_path, "triton_3_6_0", QWEN_H200)
-    t = locate(prof, "NVIDIA H200", "3.6.0", max_tokens=64, store_root=tmp_path)
+    t = locate(prof, "NVIDIA H200", "3.6.0", max_tokens=64, store_root=tmp_path, sglang_dir=None)
     assert (t.config_file, t.lookup, t.max_tokens) == (exact, "found", 64)
 
 
@@ -133,7 +133,7 @@ def test_locate_names_the_fp8_block_file_for_deepseek(tmp_path):
 
     prof = profiles.load("deepseek-v3-gh200")
     f = _store_file(tmp_path, "triton_3_6_0", DSV3_GH200)
-    t = locate(prof, "NVIDIA GH200 480GB", "3.6.0", store_root=tmp_path)
+    t = locate(prof, "NVIDIA GH200 480GB", "3.6.0", store_root=tmp_path, sglang_dir=None)
     assert (t.file_name, t.config_file) == (DSV3_GH200, f)
     # with shared-expert fusion SGLang's server routes top-k + 1 (shapes.moe_shape follows it)
     assert (t.shape.E, t.shape.topk, t.shape.dtype, tuple(t.shape.block_shape)) == (

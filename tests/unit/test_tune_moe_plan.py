@@ -90,7 +90,6 @@ def test_run_tune_reports_every_batch_size_to_the_benchmark_hook(tmp_path, tm):
         "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
         f"  config: {ROOT / 'profiles/models/Qwen3-30B-A3B/config.json'}\n"
         f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
-        f"env:\n  SGLANG_MOE_CONFIG_DIR: {tmp_path / 'store'}\n"
     )
     p = profiles.load(y)
     _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
@@ -104,7 +103,9 @@ def test_run_tune_reports_every_batch_size_to_the_benchmark_hook(tmp_path, tm):
     out, _, res = run_tune(
         p, shape, [1, 16, 256], device="NVIDIA H200", triton_version="3.6.0", measure=measure,
         on_progress=lambda ev, info: events.append((ev, info.get("M"))),
+        store_root=tmp_path / "store",
     )  # fmt: skip
+    assert out.is_relative_to(tmp_path / "store")
     assert {m for ev, m in events if ev == "done"} == {1, 16, 256}
     assert {m for m, _ in prefetched} == {1, 16, 256}  # each round compiled ahead, per M
     assert out.name == names.config_file_name(128, 768, "NVIDIA_H200", None, None)
