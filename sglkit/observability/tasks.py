@@ -98,7 +98,10 @@ def catalog(c, check=None, source=None, out=None, verify=False):
         for n in r.unknown:
             print(f"  {n}")
         if not r.ok:
-            raise Exit(f"{len(r.missing_core)} core metric(s) missing", code=1)
+            raise Exit(
+                f"{len(r.missing_core)} core metric(s) missing: {', '.join(r.missing_core)}",
+                code=1,
+            )
         return
     text = cat.render_markdown(data) + "\n"
     target = Path(out) if out else paths.home() / "docs" / "metrics.md"

@@ -1,0 +1,149 @@
+"""A real SGLang server from a profile, through the kit's tasks, on a GPU machine.
+
+The profile is qwen3-moe-fp8-2l (two layers with Qwen3-235B-A22B's shapes, FP8 block
+quantization, dummy weights, no tokenizer), or $SGLKIT_GPU_SERVER_PROFILE. Every task runs as a
+user runs it, `python3 -m invoke ...`, with the cache, state and telemetry roots under the test's
+temporary folder. Figures (time to ready, first token, the bench table, warm times) are printed
+and, where $SGLKIT_GPU_FIGURES names a file, written there as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from sglkit.cache import store
+from sglkit.proc import group_members
+
+pytestmark = pytest.mark.requires("gpu", "sglang")
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = os.environ.get("SGLKIT_GPU_SERVER_PROFILE", "qwen3-moe-fp8-2l")
+FIGURES: dict = {}
+
+
+def _save_figures() -> None:
+    path = os.environ.get("SGLKIT_GPU_FIGURES")
+    if path:
+        Path(path).write_text(json.dumps(FIGURES, indent=2))
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("server")
+    env = dict(os.environ)
+    env.update(
+        SGLKIT_CACHE_ROOT=os.environ.get("SGLKIT_GPU_CACHE_ROOT") or str(base / "cache"),
+        SGLKIT_STATE_DIR=str(base / "state"),
+        SGLKIT_TELEMETRY_ROOT=str(base / "telemetry"),
+        PYTHONUNBUFFERED="1",
+    )
+    return base, env
+
+
+def invoke(env, *args, timeout=900):
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return r.returncode, r.stdout + r.stderr, time.monotonic() - t0
+
+
+def deepgemm_files(env) -> int:
+    folder = Path(env["SGLKIT_CACHE_ROOT"]) / "deepgemm"
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def test_cache_deepgemm_cold_rerun_force(roots, free_port):
+    _, env = roots
+    port = str(free_port())
+    rc, out, cold = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port, timeout=1500)
+    assert rc == 0, out[-3000:]
+    assert "warm:" in out
+    files = deepgemm_files(env)
+    assert files > 0, "the warm compiled nothing into the DeepGEMM cache folder"
+    rc, out, rerun = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port)
+    assert rc == 0 and "already warm" in out, out[-2000:]
+    rc, out, forced = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port, "--force")
+    assert rc == 0, out[-3000:]
+    # the fingerprint reads DeepGEMM's version under SGLang's distribution name
+    marker = store.read_marker(Path(env["SGLKIT_CACHE_ROOT"]) / "deepgemm")
+    assert marker["fingerprint"]["fields"]["deep_gemm_version"], marker["fingerprint"]
+    FIGURES["cache.deepgemm"] = {"cold_s": round(cold, 1), "rerun_s": round(rerun, 2),
+                                 "force_s": round(forced, 1), "files": files}  # fmt: skip
+    print(f"\ncache.deepgemm: cold {cold:.1f} s, rerun {rerun:.2f} s, --force {forced:.1f} s, "
+          f"{files} files")  # fmt: skip
+    _save_figures()
+
+
+def test_server_up_generate_metrics_status_bench_trace_down(roots, free_port):
+    base, env = roots
+    port = str(free_port())
+    rc, out, up_s = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
+    assert rc == 0, out[-4000:]
+    m = re.search(r"\(pid (\d+), ([\d.]+) s to ready\)", out)
+    assert m, out[-2000:]
+    pid, ready = int(m.group(1)), float(m.group(2))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        r = requests.post(f"{url}/generate", json={
+            "input_ids": [11, 22, 33, 44, 55],
+            "sampling_params": {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True},
+        }, timeout=300)  # fmt: skip
+        first = time.monotonic() - t0
+        assert r.status_code == 200, r.text[:300]
+        assert len(r.json()["output_ids"]) == 16
+
+        rc, out, _ = invoke(env, "server.status", "-p", PROFILE, "--json")
+        assert rc == 0, out[-2000:]
+        st = json.loads(out[out.index("{") :])
+        assert st["status"] == "up" and st["health"] == 200 and st["pid"] == pid
+        assert st["model"].endswith("Qwen3-MoE-FP8-2L")
+
+        benches = {}
+        for conc in (1, 8):
+            rc, out, _ = invoke(env, "server.bench", "-p", PROFILE, "--requests", str(4 * conc),
+                                "--concurrency", str(conc), "--input-len", "256",
+                                "--output-len", "64", "--json")  # fmt: skip
+            assert rc == 0, out[-2000:]
+            s = json.loads(out[out.index("{") :])
+            assert s["failed"] == 0 and s["completed"] == 4 * conc
+            benches[conc] = s
+
+        # after the load: a labelled counter or histogram appears with its first observation
+        rc, out, _ = invoke(env, "obs.catalog", "--check", f"{url}/metrics", "--source", "sglang")
+        assert rc == 0, out[out.find("missing core") :][:1500] + out[-300:]
+
+        traces = base / "traces"
+        rc, out, _ = invoke(env, "server.trace", "-p", PROFILE, "--seconds", "2",
+                            "--output", str(traces))  # fmt: skip
+        assert rc == 0, out[-2000:]
+        assert any(f.name.endswith((".json.gz", ".json")) for f in traces.rglob("*"))
+
+        rc, out, _ = invoke(env, "server.flush-cache", "-p", PROFILE)
+        assert rc == 0, out[-2000:]
+    finally:
+        rc, out, down_s = invoke(env, "server.down", "-p", PROFILE)
+    assert rc == 0, out[-2000:]
+    assert group_members(pid) == []
+    log = Path(env["SGLKIT_STATE_DIR"]) / "servers" / "qwen3-moe-fp8-2l.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert "crashed with exit code" not in text  # the stop was graceful, not a crash
+    FIGURES["server.up"] = {"ready_s": ready, "up_task_s": round(up_s, 1),
+                            "first_generate_s": round(first, 3), "down_s": round(down_s, 1),
+                            "bench": {str(k): v for k, v in benches.items()}}  # fmt: skip
+    print(f"\nserver.up: ready {ready:.1f} s; first /generate {first:.3f} s; down {down_s:.1f} s")
+    for conc, s in benches.items():
+        print(
+            f"  bench c={conc}: {s['output_throughput']:.1f} tok/s, "
+            f"TTFT p50 {s['ttft_p50_s'] * 1000:.1f} ms, TPOT p50 {s['tpot_p50_s'] * 1000:.2f} ms"
+        )
+    _save_figures()
