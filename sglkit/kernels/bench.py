@@ -104,12 +104,16 @@ def sglang_config_module():
     spec = importlib.util.spec_from_file_location("_sglkit_sglang_moe_config", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    # get_exec() reads the server's runtime context, unpublished outside a server; in this
-    # private copy of the module it answers "deterministic inference off" (a server default).
+    # The module reads the server's runtime context, unpublished outside a server: get_exec()
+    # in SGLang 0.5.23, get_server_args() in 0.5.16. In this private copy of the module both
+    # answer "deterministic inference off" (a server default).
     from types import SimpleNamespace
 
-    off = SimpleNamespace(deterministic=SimpleNamespace(enable_deterministic_inference=False))
-    mod.get_exec = lambda: off
+    off = SimpleNamespace(enable_deterministic_inference=False)
+    if hasattr(mod, "get_exec"):
+        mod.get_exec = lambda: SimpleNamespace(deterministic=off)
+    if hasattr(mod, "get_server_args"):
+        mod.get_server_args = lambda: off
     return mod
 
 

@@ -195,39 +195,7 @@ def sglang_kernels():
     import triton.language as tl
     from sglang.kernels.ops.moe import fused_moe_triton_kernels as fk
 
-    publish_default_server_args()
     return fk.invoke_fused_moe_kernel, getattr(fk, "moe_sum_reduce_triton", None), tl
-
-
-def publish_default_server_args() -> None:
-    """SGLang 0.5.16's kernel path reads the process-wide ServerArgs, which only a server sets
-    ("Global server args is not set yet!" outside one). Publish SGLang's own defaults there,
-    built field by field without ServerArgs.__post_init__ (which would resolve a model). Versions
-    without that slot, or where it is already set, are left alone."""
-    import dataclasses
-
-    try:
-        from sglang.srt import server_args as sa
-    except ImportError:
-        return
-    publish = getattr(sa, "set_global_server_args_for_scheduler", None)
-    if publish is None:
-        return
-    try:
-        sa.get_global_server_args()
-        return
-    except ValueError:
-        pass
-    args = object.__new__(sa.ServerArgs)
-    for f in dataclasses.fields(sa.ServerArgs):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            value = None
-        object.__setattr__(args, f.name, value)
-    publish(args)
 
 
 KERNEL_KEYS = (
