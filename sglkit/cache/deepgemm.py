@@ -152,7 +152,9 @@ class Reporter:
     """Prefixed child output, phase lines, and a live "phase · elapsed" line on a terminal."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(soft_wrap=True, highlight=False)
+        from sglkit.console import out
+
+        self.console = console or out()
         self.t0 = time.monotonic()
         self.phase = "preparing"
         self._status = None

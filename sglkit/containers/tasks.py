@@ -11,6 +11,7 @@ from invoke import Collection
 from sglkit import manifest as manifests
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.containers import base as base_mod
 from sglkit.containers import build as build_mod
 from sglkit.containers import devcontainer as devc
@@ -22,9 +23,9 @@ NAME_HELP = "container name (default: the profile's container.name)"
 
 
 def _console():
-    from rich.console import Console
+    from sglkit.console import err
 
-    return Console(stderr=True, highlight=False)
+    return err()
 
 
 def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BASE_IMAGE) -> str:
@@ -72,7 +73,7 @@ def base(c, offline=False, tag=base_mod.BASE_IMAGE, mirror=base_mod.MIRROR, rebu
         image_id = base_mod.ensure(client, tag=tag, mirror=mirror, console=console)
     else:
         image_id = ensure_base(client, console, offline=False, tag=tag)
-    print(f"{tag} {image_id}")
+    echo(f"{tag} {image_id}")
 
 
 def _default_tag(p, variant: str) -> str:
@@ -125,7 +126,7 @@ def build(c, profile=None, variant=None, tag=None, build_arg=None, ca_bundle=Non
     """Build the devcontainer image, streaming the build log; tag it and record its id."""
     p = profiles.load(profile)
     image = do_build(engine.client(), p, variant, tag, build_arg or (), ca_bundle, no_cache)
-    print(image.id)
+    echo(image.id)
 
 
 @task(help={"profile": PROFILE_HELP, "variant": "gh200, hopper-x86 or cpu (default: profile's)"})
@@ -144,8 +145,8 @@ def storage(c, profile=None):
     lifecycle.prepare_storage(dirs, uid, gid)
     for kind, d in dirs.items():
         target = render.MOUNT_POINTS[kind]
-        print(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
-    print(f"owner      {uid}:{gid}")
+        echo(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
+    echo(f"owner      {uid}:{gid}")
 
 
 def _host_ports(mode: str, p) -> dict[int, int]:
@@ -233,7 +234,7 @@ def up(
             on_status=lambda s: status.update(f"run {run_id}: {s}"),
         )
     if json_:
-        print(
+        echo(
             json.dumps(
                 {
                     "name": plan.name,
@@ -247,18 +248,18 @@ def up(
             )
         )
         return
-    print(f"container  {plan.name} ({out.container_id[:12]})")
-    print(f"run id     {out.run_id}")
-    print(f"manifest   {out.run_dir / manifests.MANIFEST}")
+    echo(f"container  {plan.name} ({out.container_id[:12]})")
+    echo(f"run id     {out.run_id}")
+    echo(f"manifest   {out.run_dir / manifests.MANIFEST}")
     for svc, url in sorted(out.urls.items()):
-        print(f"{svc:<10} {url}")
+        echo(f"{svc:<10} {url}")
     absent = {
         n: s.get("reason")
         for n, s in (out.manifest.get("services") or {}).items()
         if s.get("status") != "running"
     }
     for svc, why in sorted(absent.items()):
-        print(f"{svc:<10} not running: {why}")
+        echo(f"{svc:<10} not running: {why}")
 
 
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
@@ -268,13 +269,13 @@ def down(c, profile=None, name=None, grace=10):
     name = name or p.container["name"]
     labels = lifecycle.down(engine.client(), name, grace=float(grace))
     if labels is None:
-        print(f"{name}: no such container (nothing to do)")
+        echo(f"{name}: no such container (nothing to do)")
         return
     run_id = labels.get(engine.LABEL_RUN)
     root = labels.get("org.sglkit.telemetry-root")
-    print(f"{name}: stopped and removed")
+    echo(f"{name}: stopped and removed")
     if run_id and root:
-        print(f"run {run_id} kept at {manifests.run_dir(root, run_id)}")
+        echo(f"run {run_id} kept at {manifests.run_dir(root, run_id)}")
 
 
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "json": "print one JSON object"})
@@ -285,18 +286,18 @@ def status(c, profile=None, name=None, json_=False):
     info = lifecycle.describe(engine.client(), name)
     if info is None:
         if json_:
-            print(json.dumps({"name": name, "state": "absent"}))
+            echo(json.dumps({"name": name, "state": "absent"}))
         else:
-            print(f"{name}: no such container")
+            echo(f"{name}: no such container")
         raise SystemExit(3)
     if json_:
-        print(json.dumps(info, indent=2))
+        echo(json.dumps(info, indent=2))
         return
-    print(f"container  {info['name']} ({info['id']}) {info['state']}, image {info['image']}")
-    print(f"run id     {info['run_id']}  manifest: {info['manifest_status']}")
-    print(f"run dir    {info['run_dir']}")
+    echo(f"container  {info['name']} ({info['id']}) {info['state']}, image {info['image']}")
+    echo(f"run id     {info['run_id']}  manifest: {info['manifest_status']}")
+    echo(f"run dir    {info['run_dir']}")
     for svc, s in sorted(info["services"].items()):
-        print(f"{svc:<14} {s['status']:<9} {s['url'] or ''}")
+        echo(f"{svc:<14} {s['status']:<9} {s['url'] or ''}")
 
 
 @task(
@@ -362,10 +363,10 @@ def devcontainer(c, profile=None, output=".devcontainer/devcontainer.json", chec
     """Generate devcontainer.json from the profile (mounts, ports, env, post-create)."""
     p = profiles.load(profile)
     path = devc.write(p, Path(output))
-    print(path)
+    echo(path)
     if check:
         devc.check(path)
-        print("devcontainer read-configuration: ok")
+        echo("devcontainer read-configuration: ok")
 
 
 ns = Collection("container")

@@ -550,9 +550,9 @@ def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list
 )
 def report(c, run=None, root=None, out=None):
     """Build PNG plots, one self-contained HTML page and summary.json for a run."""
-    from rich.console import Console
+    from sglkit.console import err
 
-    console = Console(stderr=True)
+    console = err()
     run_dir = resolve_run(run, root)
     with console.status(f"report for {run_dir.name}") as status:
 

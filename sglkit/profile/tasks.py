@@ -9,6 +9,7 @@ from invoke import Collection
 
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.profile.check import check as check_profile
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
@@ -21,15 +22,15 @@ def show(c, profile=None, json_=False):
     env = profiles.redact_env({**p.environment(), **profiles.passthrough_secrets()})
     argv = p.server_argv(p.tracing_endpoint() if p.telemetry["tracing"] else None)
     if json_:
-        print(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash()}, indent=2))
+        echo(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash()}, indent=2))
         return
-    print(f"# profile {p.name}  ({p.path})  sha256 {p.hash()[:16]}")
-    print(yaml.safe_dump(p.data, sort_keys=False).rstrip())
-    print("\n# server argv")
-    print(profiles.shell_line(argv))
-    print("\n# environment")
+    echo(f"# profile {p.name}  ({p.path})  sha256 {p.hash()[:16]}")
+    echo(yaml.safe_dump(p.data, sort_keys=False).rstrip())
+    echo("\n# server argv")
+    echo(profiles.shell_line(argv))
+    echo("\n# environment")
     for k, v in sorted(env.items()):
-        print(f"{k}={v}")
+        echo(f"{k}={v}")
 
 
 @task(help={"profile": PROFILE_HELP})
@@ -37,8 +38,8 @@ def check(c, profile=None):
     """Validate a profile: fields, values, and the server argv with SGLang's parser."""
     p = profiles.load(profile)
     for note in check_profile(p):
-        print(f"  {note}")
-    print(f"ok: {p.path}")
+        echo(f"  {note}")
+    echo(f"ok: {p.path}")
 
 
 ns = Collection("profile", show, check)
