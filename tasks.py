@@ -4,8 +4,9 @@ from invoke import Collection
 
 from sglkit.cache.tasks import ns as cache
 from sglkit.containers.tasks import ns as container
+from sglkit.host.tasks import ns as host
 from sglkit.kernels.tasks import ns as kernels
 from sglkit.observability.tasks import ns as obs
 from sglkit.profile.tasks import ns as profile
 
-ns = Collection(container, obs, cache, kernels, profile)
+ns = Collection(host, container, obs, cache, kernels, profile)
