@@ -8,6 +8,7 @@ from pathlib import Path
 
 from invoke import Collection
 
+from sglkit import logs as kitlogs
 from sglkit import manifest as manifests
 from sglkit import profile as profiles
 from sglkit.cli import task
@@ -33,7 +34,7 @@ def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BAS
     if engine.image_exists(c, tag):
         return c.images.get(tag).id
     if not offline:
-        console.print(f"[bold]base[/]: {tag} missing; trying to pull debian:{base_mod.SUITE}")
+        console.print(f"[bold]base[/]: {tag} is not here yet; pulling debian:{base_mod.SUITE}")
         try:
             img = c.images.pull("debian", tag=base_mod.SUITE)
             repo, _, version = tag.rpartition(":")
@@ -46,9 +47,10 @@ def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BAS
                     f"container.base: cannot pull debian:{base_mod.SUITE} "
                     f"({engine._short(e)}); run `invoke container.base --offline`"
                 ) from None
+            log = kitlogs.append("container", f"base: pull debian:{base_mod.SUITE} failed", str(e))
             console.print(
-                f"[bold]base[/]: no registry ({engine._short(e)}); "
-                "building it offline with debootstrap"
+                f"[bold]base[/]: no registry answers, so {tag} will be built from the Debian "
+                f"archive with debootstrap (once; about a minute or two; details in {log})"
             )
     return base_mod.build(c, tag=tag, console=console)
 

@@ -282,10 +282,10 @@ def build_report(
 ) -> dict[str, Any]:
     """Query, plot, render and write <out> (default <run>/report) in one atomic swap."""
     try:
-        import matplotlib  # noqa: F401  (the one optional dependency: the `report` extra)
+        import matplotlib  # noqa: F401  (a dependency of the kit; absent only in a broken install)
     except ImportError:
         raise SglkitError(
-            "obs.report needs matplotlib: pip install 'sglkit[report]' (pinned in pyproject.toml)"
+            "obs.report needs matplotlib, a dependency of sglkit: pip install -e . again"
         ) from None
     from sglkit.observability.report_render import data_uri, plot_panel, render_html
 

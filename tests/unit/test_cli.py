@@ -105,3 +105,25 @@ def test_every_console_is_the_kits_console():
             if "Console(" in line and not line.lstrip().startswith("#"):
                 offenders.append(f"{path.relative_to(REPO)}:{no}: {line.strip()}")
     assert offenders == []
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## On a fresh machine", 1)[1].split("\n## ", 1)[0]
+    return [ln.strip() for ln in section.splitlines() if ln.startswith("    ") and ln.strip()]
+
+
+def test_readme_commands_and_ci_run_agree():
+    """The README's first command sets the host up and runs container.up; .ci/run runs its second
+    command (the tests) verbatim, fails on any failure and prints failing test names."""
+    first, second = _readme_commands()[:2]
+    assert first == "python3 -m pip install -e . && invoke host.setup && invoke container.up"
+    assert second.startswith("invoke host.setup --tests && ")
+    assert "nox -s lint tests e2e -- -rf" in second
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci
+    assert [ln for ln in ci.splitlines() if ln == second] == [second]
+    assert ci.rstrip().splitlines()[-1] == second  # its status is the script's status
+    assert os.access(REPO / ".ci" / "run", os.X_OK)
+    res = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
