@@ -2,8 +2,9 @@
 
 At configure time (before any test module is imported or any fixture runs), HOME, the XDG base
 folders and every SGLKIT_* root point into one temporary folder, so that defaults such as
-`~/.local/share/sglkit/telemetry` land there; subprocesses inherit it. `SGLKIT_PROFILE` is
-unset so a user's choice does not change what tests load.
+`~/.local/share/sglkit/telemetry` land there; subprocesses inherit it. `SGLKIT_PROFILE` and the
+overrides that would beat a test profile's own folders (SGLKIT_MODELS_ROOT,
+SGLKIT_TRITON_CACHE_DIR) are unset, so a user's environment does not change what tests use.
 
 The guard snapshots the real HOME's sglkit folders (and the real XDG and SGLKIT_* roots, where
 set) before the session and compares at its end: anything that appeared, changed or went away
@@ -27,15 +28,16 @@ XDG = {
     "XDG_DATA_HOME": ".local/share",
     "XDG_STATE_HOME": ".local/state",
 }
-# every root a profile or task reads from the environment (sglkit/profile/schema.py and friends)
+# the roots behind the profiles' defaults (sglkit/profile/schema.py): set into the sandbox
 SGLKIT_ROOTS = {
     "SGLKIT_CACHE_ROOT": ".cache/sglkit",
     "SGLKIT_TELEMETRY_ROOT": ".local/share/sglkit/telemetry",
     "SGLKIT_STORAGE": "sglkit-data",
-    "SGLKIT_MODELS_ROOT": "sglkit-data/models",
-    "SGLKIT_TRITON_CACHE_DIR": ".cache/sglkit/triton",
 }
-UNSET = ("SGLKIT_PROFILE",)
+# overrides that win over a profile's own folders (and the default profile): unset, so that a
+# test's profile decides, and its folders are the test's temporary ones
+SGLKIT_OVERRIDES = ("SGLKIT_MODELS_ROOT", "SGLKIT_TRITON_CACHE_DIR")
+UNSET = ("SGLKIT_PROFILE", *SGLKIT_OVERRIDES)
 REAL_HOME_VAR = "SGLKIT_TEST_REAL_HOME"
 
 _state: dict = {}
@@ -51,7 +53,7 @@ def watched(home: Path, env: dict[str, str]) -> list[Path]:
         home / "sglkit-data",
     ]
     paths += [Path(env[k]) / "sglkit" for k in XDG if env.get(k)]
-    paths += [Path(env[k]) for k in SGLKIT_ROOTS if env.get(k)]
+    paths += [Path(env[k]) for k in (*SGLKIT_ROOTS, *SGLKIT_OVERRIDES) if env.get(k)]
     return sorted(set(paths))
 
 

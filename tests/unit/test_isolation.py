@@ -22,7 +22,8 @@ def test_home_xdg_and_sglkit_roots_are_in_a_temporary_folder():
     assert Path(os.path.expanduser("~")) == home
     for var in (*isolation.XDG, *isolation.SGLKIT_ROOTS):
         assert Path(os.environ[var]).is_relative_to(home), var
-    assert "SGLKIT_PROFILE" not in os.environ
+    for var in isolation.UNSET:
+        assert var not in os.environ, var
     # the default profile's roots resolve into the sandbox
     p = profiles.load("cpu-dev")
     assert Path(p.telemetry["root"]).is_relative_to(home)
