@@ -4,9 +4,10 @@ from invoke import Collection
 
 from sglkit.cache.tasks import ns as cache
 from sglkit.containers.tasks import ns as container
+from sglkit.host.tasks import ns as host
 from sglkit.kernels.tasks import ns as kernels
 from sglkit.observability.tasks import ns as obs
 from sglkit.profile.tasks import ns as profile
 from sglkit.server.tasks import ns as server
 
-ns = Collection(container, obs, cache, kernels, profile, server)
+ns = Collection(host, container, obs, cache, kernels, profile, server)

@@ -4,14 +4,85 @@ from __future__ import annotations
 
 import functools
 
+from invoke import Task
 from invoke import task as _invoke_task
 from invoke.exceptions import Exit
+from invoke.parser import Argument
 
 from sglkit.errors import SglkitError
 
+# Short flags no task may take: `-h` is invoke's help, for every task.
+RESERVED_SHORT_FLAGS = frozenset("h")
+
+
+HELP_ARG = "help"
+
+
+class SglkitTask(Task):
+    """invoke's Task where `-h` / `--help` after the task name always shows its help.
+
+    Automatic short flags skip the reserved letters, and every task has a `-h, --help` flag of
+    its own: invoke's core --help is only seen where no task argument wants the token, and a
+    task's missing positional argument does (`invoke cache.import -h` would look for an archive
+    named -h). While the flag is set, positional arguments count as given, and the task prints
+    its help instead of running.
+    """
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, set(taken_names) | RESERVED_SHORT_FLAGS)
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = super().get_arguments(ignore_unknown_help=ignore_unknown_help)
+        help_flag = Argument(names=(HELP_ARG, "h"), kind=bool, default=False, help="show this help")
+        for arg in args:
+            if arg.positional:
+                arg.__class__ = _Positional
+                arg._help = help_flag
+        return [*args, help_flag]
+
+    def __call__(self, *args, **kwargs):
+        if kwargs.pop(HELP_ARG, False):
+            _print_help(self)
+            return None
+        return super().__call__(*args, **kwargs)
+
+
+class _Positional(Argument):
+    """A positional argument that counts as given while the task's --help flag is set."""
+
+    _help: Argument
+
+    @property
+    def value(self):
+        got = Argument.value.fget(self)
+        if got is None and self._help.value:
+            return ""
+        return got
+
+    @value.setter
+    def value(self, arg):
+        Argument.value.fset(self, arg)
+
+
+def _print_help(t: Task) -> None:
+    """What `invoke --help <task>` prints, from the collection invoke loaded (tasks.py)."""
+    import sys
+
+    from invoke import Program
+
+    root = getattr(sys.modules.get("tasks"), "ns", None)
+    names = [n for n in (root.task_names if root else ()) if root[n].body is t.body]
+    if root is None or not names:
+        raise Exit(f"{t.name}: see `invoke --list` and `invoke --help <task>`", code=2)
+    Program(namespace=root, binary="inv[oke]", name="Invoke").run(
+        ["invoke", "--help", names[0]], exit=False
+    )
+
 
 def task(*args, **kwargs):
-    """Like invoke's @task, but a SglkitError ends the command with its one-line message."""
+    """Like invoke's @task, but a SglkitError ends the command with its one-line message, and no
+    automatic short flag takes `-h` (so `invoke <task> -h` always shows the task's help)."""
+    kwargs.setdefault("klass", SglkitTask)
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -46,11 +117,7 @@ def main_guard(fn):
 
 
 def table_console():
-    """A rich Console for tables on stdout: on a pipe or in a log it is wide enough that URLs
-    and paths are printed whole instead of cut with an ellipsis."""
-    from rich.console import Console
+    """The stdout console (sglkit.console.out): on a pipe URLs and paths are printed whole."""
+    from sglkit.console import out
 
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console.width = 200
-    return console
+    return out()

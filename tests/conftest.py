@@ -2,6 +2,9 @@
 
 A test that needs a binary or daemon is marked `requires("prometheus")`; where the component is
 absent it is skipped with the reason, unless SGLKIT_REQUIRE names it (CI does), and then it fails.
+
+Every test runs with HOME, the XDG folders and the SGLKIT_* roots in a temporary folder, and the
+session fails if anything under the real HOME's sglkit folders changes (tests/isolation.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ import pytest
 
 from sglkit.net import free_port as _free_port
 from sglkit.net import wait_for as _wait_for
+
+# HOME, XDG and SGLKIT_* roots in a temporary folder; the session fails if the real ones change
+from tests.isolation import (  # noqa: F401  (hooks, found by name)
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,6 +11,7 @@ from sglkit.cache import archive, deepgemm, store
 from sglkit.cache import status as cache_status
 from sglkit.cache.triton import triton
 from sglkit.cli import table_console, task
+from sglkit.console import echo
 from sglkit.errors import ConfigError
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
@@ -53,7 +54,7 @@ def deepgemm_(
         timeout=_number(timeout, "--timeout", float),
     )
     if dry_run:
-        print(json.dumps(deepgemm.describe(pl), indent=2))
+        echo(json.dumps(deepgemm.describe(pl), indent=2))
         return
     deepgemm.warm(
         pl,
@@ -81,7 +82,7 @@ def status(c, profile=None, json_=False):
     """Per cache kind: folder, size, file count, last warm, and whether its marker matches."""
     rows = cache_status.status(profile)
     if json_:
-        print(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     table = Table("kind", "folder", "size", "files", "last warm", "marker")
     for r in rows:
@@ -101,7 +102,7 @@ def status(c, profile=None, json_=False):
 def export(c, profile=None, output=None):
     """Pack the warmed DeepGEMM cache and its marker into one .tar.gz."""
     out = archive.export(profile, output)
-    print(f"exported: {out}")
+    echo(f"exported: {out}")
 
 
 @task(
@@ -114,7 +115,7 @@ def export(c, profile=None, output=None):
 def import_(c, archive_, profile=None, force=False):
     """Unpack an exported cache when this node is compatible (GPU arch, SGLang, DeepGEMM)."""
     folder = archive.import_(archive_, profile, force=force)
-    print(f"imported: {folder}")
+    echo(f"imported: {folder}")
 
 
 ns = Collection("cache")

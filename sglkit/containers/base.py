@@ -57,9 +57,9 @@ def ensure(
 
 def build(c, tag: str = BASE_IMAGE, mirror: str = MIRROR, console=None) -> str:
     """debootstrap into a temporary folder, tar it, import it as `tag`; return the image id."""
-    from rich.console import Console
+    from sglkit.console import err
 
-    console = console or Console(stderr=True)
+    console = console or err()
     if shutil.which("debootstrap") is None:
         raise SglkitError(
             "container.base --offline: debootstrap is not installed "

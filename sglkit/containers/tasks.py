@@ -8,9 +8,11 @@ from pathlib import Path
 
 from invoke import Collection
 
+from sglkit import logs as kitlogs
 from sglkit import manifest as manifests
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.containers import base as base_mod
 from sglkit.containers import build as build_mod
 from sglkit.containers import devcontainer as devc
@@ -22,9 +24,9 @@ NAME_HELP = "container name (default: the profile's container.name)"
 
 
 def _console():
-    from rich.console import Console
+    from sglkit.console import err
 
-    return Console(stderr=True, highlight=False)
+    return err()
 
 
 def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BASE_IMAGE) -> str:
@@ -32,7 +34,7 @@ def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BAS
     if engine.image_exists(c, tag):
         return c.images.get(tag).id
     if not offline:
-        console.print(f"[bold]base[/]: {tag} missing; trying to pull debian:{base_mod.SUITE}")
+        console.print(f"[bold]base[/]: {tag} is not here yet; pulling debian:{base_mod.SUITE}")
         try:
             img = c.images.pull("debian", tag=base_mod.SUITE)
             repo, _, version = tag.rpartition(":")
@@ -45,9 +47,10 @@ def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BAS
                     f"container.base: cannot pull debian:{base_mod.SUITE} "
                     f"({engine._short(e)}); run `invoke container.base --offline`"
                 ) from None
+            log = kitlogs.append("container", f"base: pull debian:{base_mod.SUITE} failed", str(e))
             console.print(
-                f"[bold]base[/]: no registry ({engine._short(e)}); "
-                "building it offline with debootstrap"
+                f"[bold]base[/]: no registry answers, so {tag} will be built from the Debian "
+                f"archive with debootstrap (once; about a minute or two; details in {log})"
             )
     return base_mod.build(c, tag=tag, console=console)
 
@@ -72,7 +75,7 @@ def base(c, offline=False, tag=base_mod.BASE_IMAGE, mirror=base_mod.MIRROR, rebu
         image_id = base_mod.ensure(client, tag=tag, mirror=mirror, console=console)
     else:
         image_id = ensure_base(client, console, offline=False, tag=tag)
-    print(f"{tag} {image_id}")
+    echo(f"{tag} {image_id}")
 
 
 def _default_tag(p, variant: str) -> str:
@@ -125,7 +128,7 @@ def build(c, profile=None, variant=None, tag=None, build_arg=None, ca_bundle=Non
     """Build the devcontainer image, streaming the build log; tag it and record its id."""
     p = profiles.load(profile)
     image = do_build(engine.client(), p, variant, tag, build_arg or (), ca_bundle, no_cache)
-    print(image.id)
+    echo(image.id)
 
 
 @task(help={"profile": PROFILE_HELP, "variant": "gh200, hopper-x86 or cpu (default: profile's)"})
@@ -144,8 +147,8 @@ def storage(c, profile=None):
     lifecycle.prepare_storage(dirs, uid, gid)
     for kind, d in dirs.items():
         target = render.MOUNT_POINTS[kind]
-        print(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
-    print(f"owner      {uid}:{gid}")
+        echo(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
+    echo(f"owner      {uid}:{gid}")
 
 
 def _host_ports(mode: str, p) -> dict[int, int]:
@@ -233,7 +236,7 @@ def up(
             on_status=lambda s: status.update(f"run {run_id}: {s}"),
         )
     if json_:
-        print(
+        echo(
             json.dumps(
                 {
                     "name": plan.name,
@@ -247,18 +250,18 @@ def up(
             )
         )
         return
-    print(f"container  {plan.name} ({out.container_id[:12]})")
-    print(f"run id     {out.run_id}")
-    print(f"manifest   {out.run_dir / manifests.MANIFEST}")
+    echo(f"container  {plan.name} ({out.container_id[:12]})")
+    echo(f"run id     {out.run_id}")
+    echo(f"manifest   {out.run_dir / manifests.MANIFEST}")
     for svc, url in sorted(out.urls.items()):
-        print(f"{svc:<10} {url}")
+        echo(f"{svc:<10} {url}")
     absent = {
         n: s.get("reason")
         for n, s in (out.manifest.get("services") or {}).items()
         if s.get("status") != "running"
     }
     for svc, why in sorted(absent.items()):
-        print(f"{svc:<10} not running: {why}")
+        echo(f"{svc:<10} not running: {why}")
 
 
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
@@ -268,13 +271,13 @@ def down(c, profile=None, name=None, grace=10):
     name = name or p.container["name"]
     labels = lifecycle.down(engine.client(), name, grace=float(grace))
     if labels is None:
-        print(f"{name}: no such container (nothing to do)")
+        echo(f"{name}: no such container (nothing to do)")
         return
     run_id = labels.get(engine.LABEL_RUN)
     root = labels.get("org.sglkit.telemetry-root")
-    print(f"{name}: stopped and removed")
+    echo(f"{name}: stopped and removed")
     if run_id and root:
-        print(f"run {run_id} kept at {manifests.run_dir(root, run_id)}")
+        echo(f"run {run_id} kept at {manifests.run_dir(root, run_id)}")
 
 
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "json": "print one JSON object"})
@@ -285,18 +288,18 @@ def status(c, profile=None, name=None, json_=False):
     info = lifecycle.describe(engine.client(), name)
     if info is None:
         if json_:
-            print(json.dumps({"name": name, "state": "absent"}))
+            echo(json.dumps({"name": name, "state": "absent"}))
         else:
-            print(f"{name}: no such container")
+            echo(f"{name}: no such container")
         raise SystemExit(3)
     if json_:
-        print(json.dumps(info, indent=2))
+        echo(json.dumps(info, indent=2))
         return
-    print(f"container  {info['name']} ({info['id']}) {info['state']}, image {info['image']}")
-    print(f"run id     {info['run_id']}  manifest: {info['manifest_status']}")
-    print(f"run dir    {info['run_dir']}")
+    echo(f"container  {info['name']} ({info['id']}) {info['state']}, image {info['image']}")
+    echo(f"run id     {info['run_id']}  manifest: {info['manifest_status']}")
+    echo(f"run dir    {info['run_dir']}")
     for svc, s in sorted(info["services"].items()):
-        print(f"{svc:<14} {s['status']:<9} {s['url'] or ''}")
+        echo(f"{svc:<14} {s['status']:<9} {s['url'] or ''}")
 
 
 @task(
@@ -362,10 +365,10 @@ def devcontainer(c, profile=None, output=".devcontainer/devcontainer.json", chec
     """Generate devcontainer.json from the profile (mounts, ports, env, post-create)."""
     p = profiles.load(profile)
     path = devc.write(p, Path(output))
-    print(path)
+    echo(path)
     if check:
         devc.check(path)
-        print("devcontainer read-configuration: ok")
+        echo("devcontainer read-configuration: ok")
 
 
 ns = Collection("container")

@@ -374,10 +374,11 @@ def _versions() -> dict[str, str | None]:
 
 
 def _warm_with_progress(target: Target, dims, items: list[Item], quiet: bool) -> list[Timing]:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    from sglkit.console import err
+
+    console = err()
     if not quiet:
         console.print(f"warming {len(items)} kernel variants from {target.config_file}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +11,7 @@ from invoke import Collection
 
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.kernels import names, store
 from sglkit.kernels.shapes import MoEShape, moe_shape
@@ -118,18 +118,17 @@ def name(
     device = names.device_name(device_name)
     out = _name_for(shape, device, down, rule.version)
     if verbose:
-        err = sys.stderr
-        print(
+        echo(
             f"# {shape.architecture}: E={shape.E} N={shape.N} K={shape.K} topk={shape.topk} "
             f"dtype={shape.dtype or 'bf16/fp16 (not in the name)'} block_shape="
             f"{list(shape.block_shape) if shape.block_shape else None} tp={shape.tp} ep={shape.ep}"
             + (" (+1 fused shared expert)" if shape.shared_expert_fused else ""),
-            file=err,
+            stderr=True,
         )
-        print(f"# rule: {rule.explain()}", file=err)
+        echo(f"# rule: {rule.explain()}", stderr=True)
         for n in shape.notes:
-            print(f"# note: {n}", file=err)
-    print(out)
+            echo(f"# note: {n}", stderr=True)
+    echo(out)
 
 
 @task(
@@ -187,7 +186,7 @@ def check(
             }
         )
     if json_:
-        print(
+        echo(
             json.dumps(
                 {
                     "profile": p.name,
@@ -202,10 +201,10 @@ def check(
             )
         )
         return
-    print(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
-    print(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={overlay_dir}")
-    print(f"# overlay of the kit's store {store_root / 'configs'}")
-    print(
+    echo(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
+    echo(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={overlay_dir}")
+    echo(f"# overlay of the kit's store {store_root / 'configs'}")
+    echo(
         f"#   over SGLang's shipped configs {shipped}"
         if shipped
         else "#   alone: no installed SGLang's configs folder found"
@@ -213,18 +212,18 @@ def check(
     sources = {overlay.KIT: "kit store", overlay.SGLANG: "SGLang shipped"}
     for r in report:
         label = "down projection" if r["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")
-        print(f"{label}: {r['file']}")
-        print(
+        echo(f"{label}: {r['file']}")
+        echo(
             f"  status: {r['status']}"
             + (f" -> {r['loads']}" if r["loads"] and r["status"] != "found" else "")
         )
         if r["source"]:
-            print(f"  reads: {r['source_path']} ({sources[r['source']]})")
-        print(f"  why: {r['reason']}")
+            echo(f"  reads: {r['source_path']} ({sources[r['source']]})")
+        echo(f"  why: {r['reason']}")
         if r["warning"]:
-            print(f"  SGLang logs: {r['warning']}")
+            echo(f"  SGLang logs: {r['warning']}")
         if r["batch_sizes"]:
-            print(f"  batch sizes: {', '.join(str(b) for b in r['batch_sizes'])}")
+            echo(f"  batch sizes: {', '.join(str(b) for b in r['batch_sizes'])}")
 
 
 @task(help={"profile": PROFILE_HELP, "store": "the kit's store folder (default: kernels/)"})
@@ -241,7 +240,7 @@ def overlay(c, profile=None, store_=None):
     for e in (ov.read_sources(dest) or {}).values():
         counts[e["source"]] = counts.get(e["source"], 0) + 1
     shipped = ov.sglang_configs_dir()
-    print(
+    echo(
         f"{dest}: {counts.get(ov.KIT, 0)} file(s) from the kit's store, "
         f"{counts.get(ov.SGLANG, 0)} shipped by SGLang"
         + ("" if shipped else " (no installed SGLang's configs folder found)")
@@ -254,10 +253,10 @@ def validate(c, store_=None):
     root = Path(store_) if store_ else store.root()
     count, problems = store.validate(root)
     for msg in problems:
-        print(msg)
+        echo(msg)
     if problems:
         raise SglkitError(f"{len(problems)} problem(s) in {count} file(s) under {root / 'configs'}")
-    print(f"ok: {count} file(s) under {root / 'configs'}")
+    echo(f"ok: {count} file(s) under {root / 'configs'}")
 
 
 @task(help={"store": "store folder (default: kernels/)", "dry_run": "print the renames only"})
@@ -267,9 +266,9 @@ def migrate(c, store_=None, dry_run=False):
     plan = store.migrate(root, dry_run=dry_run)
     for old, new in plan:
         verb = "would rename" if dry_run else "renamed"
-        print(f"{verb}: {old.parent.name}/{old.name} -> {new.name}")
+        echo(f"{verb}: {old.parent.name}/{old.name} -> {new.name}")
     if not plan:
-        print("nothing to migrate")
+        echo("nothing to migrate")
 
 
 # ---- tune ---------------------------------------------------------------------------------------
@@ -322,9 +321,9 @@ def _require_local_gpu() -> None:
 
 
 def _progress_printer(total: int):
-    from rich.console import Console
+    from sglkit.console import err
 
-    console = Console(stderr=True)
+    console = err()
     done = {"n": 0}
 
     def progress(event: str, info: dict[str, Any]) -> None:
@@ -515,7 +514,7 @@ def run_tune(
         if on_progress is not None:
             on_progress(event, info)
 
-    print(f"tuning {file_name} (Triton {triton_version}); state: {state_path}", file=sys.stderr)
+    echo(f"tuning {file_name} (Triton {triton_version}); state: {state_path}", stderr=True)
     t0 = time.monotonic()
     common = dict(
         state_path=state_path,
@@ -550,8 +549,8 @@ def run_tune(
     md = report_markdown(f"{file_name} (Triton {triton_version})", rows, bw, wall)
     report_path = state_path.with_name(file_name + ".report.md")
     atomic_write_text(report_path, md)
-    print(md)
-    print(f"wrote {out_path}\nreport: {report_path}", file=sys.stderr)
+    echo(md)
+    echo(f"wrote {out_path}\nreport: {report_path}", stderr=True)
     return out_path, report_path, results
 
 

@@ -282,10 +282,10 @@ def build_report(
 ) -> dict[str, Any]:
     """Query, plot, render and write <out> (default <run>/report) in one atomic swap."""
     try:
-        import matplotlib  # noqa: F401  (the one optional dependency: the `report` extra)
+        import matplotlib  # noqa: F401  (a dependency of the kit; absent only in a broken install)
     except ImportError:
         raise SglkitError(
-            "obs.report needs matplotlib: pip install 'sglkit[report]' (pinned in pyproject.toml)"
+            "obs.report needs matplotlib, a dependency of sglkit: pip install -e . again"
         ) from None
     from sglkit.observability.report_render import data_uri, plot_panel, render_html
 
@@ -550,9 +550,9 @@ def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list
 )
 def report(c, run=None, root=None, out=None):
     """Build PNG plots, one self-contained HTML page and summary.json for a run."""
-    from rich.console import Console
+    from sglkit.console import err
 
-    console = Console(stderr=True)
+    console = err()
     run_dir = resolve_run(run, root)
     with console.status(f"report for {run_dir.name}") as status:
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from invoke import Collection
@@ -10,6 +9,7 @@ from invoke.exceptions import Exit
 
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.errors import ConfigError
 from sglkit.observability.report import compare, report
 
@@ -60,7 +60,7 @@ def status(c, profile=None, root=None, json_=False):
     result = st.collect(_root(profile, root))
     problems = st.problems(result)
     if json_:
-        print(_json.dumps({**result, "problems": problems}, indent=2))
+        echo(_json.dumps({**result, "problems": problems}, indent=2))
     else:
         st.render(result)
     if problems:
@@ -85,18 +85,18 @@ def catalog(c, check=None, source=None, out=None, verify=False):
     if check:
         sources = [s.strip() for s in source.split(",")] if source else None
         r = cat.check_url(check, data, sources)
-        print(f"{r.url}: sources {', '.join(r.sources) or '(none recognised)'}")
+        echo(f"{r.url}: sources {', '.join(r.sources) or '(none recognised)'}")
         if not r.sources:
             raise Exit("no catalog metric found at that endpoint (wrong URL? use --source)", 1)
-        print(f"missing core metrics ({len(r.missing_core)}):")
+        echo(f"missing core metrics ({len(r.missing_core)}):")
         for n in r.missing_core:
-            print(f"  {n}")
-        print(f"missing optional metrics ({len(r.missing_other)}; present only with a feature):")
+            echo(f"  {n}")
+        echo(f"missing optional metrics ({len(r.missing_other)}; present only with a feature):")
         for n in r.missing_other:
-            print(f"  {n}")
-        print(f"not in the catalog ({len(r.unknown)}):")
+            echo(f"  {n}")
+        echo(f"not in the catalog ({len(r.unknown)}):")
         for n in r.unknown:
-            print(f"  {n}")
+            echo(f"  {n}")
         if not r.ok:
             raise Exit(
                 f"{len(r.missing_core)} core metric(s) missing: {', '.join(r.missing_core)}",
@@ -109,12 +109,12 @@ def catalog(c, check=None, source=None, out=None, verify=False):
         current = target.read_text(encoding="utf-8") if target.is_file() else ""
         if current != text:
             raise Exit(f"{target} is stale: run invoke obs.catalog", code=1)
-        print(f"ok: {target} matches the catalog")
+        echo(f"ok: {target} matches the catalog")
         return
     if source:
         raise ConfigError("--source: only meaningful with --check")
     atomic_write_text(target, text)
-    print(f"wrote {target} ({len(data['metrics'])} metrics)", file=sys.stderr)
+    echo(f"wrote {target} ({len(data['metrics'])} metrics)", stderr=True)
 
 
 ns = Collection("obs", up, status, catalog, report, compare)

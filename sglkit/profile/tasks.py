@@ -9,6 +9,7 @@ from invoke import Collection
 
 from sglkit import profile as profiles
 from sglkit.cli import task
+from sglkit.console import echo
 from sglkit.profile.check import check as check_profile
 from sglkit.server import parse
 from sglkit.server import spec as server_spec
@@ -33,16 +34,16 @@ def show(c, profile=None, json_=False, sglang_version=None):
     env = profiles.redact_env({**spec.environment(), **profiles.passthrough_secrets()})
     argv = spec.argv()
     if json_:
-        print(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash(),
+        echo(json.dumps({"profile": p.data, "argv": argv, "env": env, "hash": p.hash(),
                           "sglang_version": sglang.version}, indent=2))  # fmt: skip
         return
-    print(f"# profile {p.name}  ({p.path})  sha256 {p.hash()[:16]}")
-    print(yaml.safe_dump(p.data, sort_keys=False).rstrip())
-    print(f"\n# server argv (SGLang {sglang.version or 'not installed: newest names'})")
-    print(profiles.shell_line(argv))
-    print("\n# environment")
+    echo(f"# profile {p.name}  ({p.path})  sha256 {p.hash()[:16]}")
+    echo(yaml.safe_dump(p.data, sort_keys=False).rstrip())
+    echo(f"\n# server argv (SGLang {sglang.version or 'not installed: newest names'})")
+    echo(profiles.shell_line(argv))
+    echo("\n# environment")
     for k, v in sorted(env.items()):
-        print(f"{k}={v}")
+        echo(f"{k}={v}")
 
 
 @task(help={"profile": PROFILE_HELP})
@@ -50,8 +51,8 @@ def check(c, profile=None):
     """Validate a profile: fields, values, and the server argv with SGLang's parser."""
     p = profiles.load(profile)
     for note in [*check_profile(p), *parse.parse_with_sglang(server_spec.build(p))]:
-        print(f"  {note}")
-    print(f"ok: {p.path}")
+        echo(f"  {note}")
+    echo(f"ok: {p.path}")
 
 
 ns = Collection("profile", show, check)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from rich.console import Console
 
+from sglkit.console import out
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.kernels import overlay
 from sglkit.net import port_in_use
@@ -49,9 +49,9 @@ class ServerError(SglkitError):
 class Reporter:
     """Phase lines with elapsed time, prefixed server output, a live status line on a terminal."""
 
-    def __init__(self, label: str, console: Console | None = None, echo: bool = True):
+    def __init__(self, label: str, console=None, echo: bool = True):
         self.label = label
-        self.console = console or Console(soft_wrap=True, highlight=False)
+        self.console = console or out()
         self.echo = echo
         self.t0 = time.monotonic()
         self.phase = "preparing"

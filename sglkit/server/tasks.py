@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from invoke import Collection
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from sglkit.cli import table_console, task
+from sglkit.cli import task
+from sglkit.console import echo, out
 from sglkit.errors import ConfigError
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
@@ -59,7 +59,7 @@ def status(c, profile=None, json_=False):
     """Up or down, model, health, uptime, server_info's figures; exit 3 when down."""
     st = serve.status(profile)
     if json_:
-        print(json.dumps(st, indent=2))
+        echo(json.dumps(st, indent=2))
     else:
         table = Table("field", "value")
         for key, value in st.items():
@@ -68,7 +68,7 @@ def status(c, profile=None, json_=False):
                     table.add_row(f"  {k}", str(v))
             else:
                 table.add_row(key, "-" if value is None else str(value))
-        table_console().print(table)
+        out().print(table)
     if st["status"] != "up":
         raise Exit(code=serve.EXIT_DOWN)
 
@@ -76,13 +76,13 @@ def status(c, profile=None, json_=False):
 @task(help={"profile": PROFILE_HELP, "grace": "seconds before the group is killed (default 30)"})
 def down(c, profile=None, grace=30.0):
     """Stop the profile's server gracefully; no process of its group is left."""
-    print(serve.down(profile, grace=_num(grace, "--grace")))
+    echo(serve.down(profile, grace=_num(grace, "--grace")))
 
 
 @task(help={"profile": PROFILE_HELP})
 def flush_cache(c, profile=None):
     """Flush the server's prefix (radix) cache: SGLang's /flush_cache."""
-    print(serve.flush_cache(profile))
+    echo(serve.flush_cache(profile))
 
 
 @task(
@@ -95,9 +95,9 @@ def flush_cache(c, profile=None):
 def trace(c, profile=None, seconds=5.0, output=None):
     """Record a torch profiler trace of the server (/start_profile, /stop_profile)."""
     folder, files = serve.trace(profile, _num(seconds, "--seconds"), output)
-    print(f"trace: {folder}")
+    echo(f"trace: {folder}")
     for f in files:
-        print(f"  {f.name}  {f.stat().st_size} bytes")
+        echo(f"  {f.name}  {f.stat().st_size} bytes")
 
 
 @task(
@@ -125,13 +125,13 @@ def bench(c, profile=None, requests=64, concurrency=8, input_len=256, output_len
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 10) == 0:
-            print(f"server.bench: {done}/{total} requests", file=sys.stderr, flush=True)
+            echo(f"server.bench: {done}/{total} requests", stderr=True)
 
     summary = load.run(st["url"], spec, progress).summary()
     if json_:
-        print(json.dumps(summary, indent=2))
+        echo(json.dumps(summary, indent=2))
         return
-    table_console().print(bench_table(summary))
+    out().print(bench_table(summary))
     if summary["failed"]:
         raise Exit(f"error: {summary['failed']} requests failed: {summary['first_error']}", 1)
 

@@ -241,7 +241,10 @@ def _quantile(name: str, q: float) -> float:
     raise AssertionError("rank beyond the last bucket")
 
 
-QUANTILE_MARGIN = 0.05
+# Float noise in the scraped counts is far below 0.5 % of the total; 5 % failed the fixed mixes
+# themselves (ITL p90 is exactly 5 % from its bucket's count, and every p99 is 1 % from the
+# total), while a rank on a cumulative count (the old mixes: distance 0) still fails.
+QUANTILE_MARGIN = 0.005
 
 
 @pytest.mark.parametrize("name", sorted(SI.HISTOGRAMS))
