@@ -185,6 +185,10 @@ def stop_pid(pid: int, grace: float, proc: subprocess.Popen | None = None) -> in
             break
         time.sleep(0.05)
     rc = terminate_group(proc if proc is not None else pid, grace=5.0)
+    # KILL is delivered, not awaited: give the kernel a moment to take the group down
+    end = time.monotonic() + 5.0
+    while group_members(pid) and time.monotonic() < end:
+        time.sleep(0.02)
     return rc
 
 
