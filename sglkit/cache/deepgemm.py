@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 from rich.console import Console
 
-from sglkit import paths
+from sglkit import paths, yamlsafe
 from sglkit import profile as profiles
 from sglkit.cache import fingerprint, store
 from sglkit.errors import ConfigError, SglkitError
@@ -60,8 +59,8 @@ def warm_flags(timeout: float) -> list[str]:
 
 
 def warm_environment() -> dict[str, str]:
-    with open(paths.asset("cache", "layout.yaml"), encoding="utf-8") as f:
-        return {k: str(v) for k, v in yaml.safe_load(f)["deepgemm_warm_env"].items()}
+    layout = yamlsafe.load_file(paths.asset("cache", "layout.yaml"), what="cache layout")
+    return {k: str(v) for k, v in layout["deepgemm_warm_env"].items()}
 
 
 @dataclass(frozen=True)

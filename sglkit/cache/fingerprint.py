@@ -19,11 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sglkit import paths
 from sglkit.gpu import nvml
-from sglkit.profile import Profile
+from sglkit.profile import Profile, load_cache_layout
 
 SCHEMA = 1
 # the fields that must agree for an archive to be imported on another node (GPU arch and the
@@ -141,8 +138,7 @@ def _gpu() -> tuple[str | None, str | None, str]:
 
 def shape_args(argv: list[str]) -> dict[str, Any]:
     """The flags of `argv` that change kernel shapes (cache/layout.yaml: shape_args) -> values."""
-    with open(paths.asset("cache", "layout.yaml"), encoding="utf-8") as f:
-        wanted = set(yaml.safe_load(f)["kinds"]["deepgemm"]["shape_args"])
+    wanted = set(load_cache_layout()["deepgemm"]["shape_args"])
     out: dict[str, Any] = {}
     i = 0
     while i < len(argv):

@@ -121,13 +121,14 @@ def _live(manifest: dict[str, Any]) -> Prom | None:
     if not prom.ready():
         return None
     # A port can be reused by another run's Prometheus: trust it only if its run_id label matches.
-    with contextlib.suppress(PromError, KeyError, TypeError):
-        cfg = prom._get("/api/v1/status/config", {})["yaml"]
-        import yaml
+    from sglkit.observability import identity
 
-        labels = (yaml.safe_load(cfg).get("global") or {}).get("external_labels") or {}
-        if "run_id" in labels and labels["run_id"] != manifest.get("run_id"):
-            return None
+    try:
+        got = identity.prometheus_run_id(url)
+    except SglkitError:
+        return None
+    if got is not None and got != manifest.get("run_id"):
+        return None
     return prom
 
 
