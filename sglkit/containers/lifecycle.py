@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sglkit import manifest as manifests
 from sglkit import net
@@ -160,15 +159,7 @@ def plan(
     )
 
 
-def host_url(url: str | None, ports: dict[int, int]) -> str | None:
-    """A service URL as init-run wrote it (container view) -> the URL on the host's loopback."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    port = parts.port
-    if port is None or port not in ports:
-        return url
-    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{ports[port]}"))
+host_url = manifests.host_url  # container URL -> published host URL (one place: the manifest)
 
 
 def want_gpus(mode: str, variant: str, runtime: bool) -> bool:

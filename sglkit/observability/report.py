@@ -60,6 +60,10 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise SglkitError(f"{p}: unreadable manifest: {e}") from None
     if not isinstance(data, dict) or "run_id" not in data:
         raise SglkitError(f"{p}: not a run manifest (no run_id)")
+    if data.get("status") in ("starting", "ready", "degraded"):
+        from sglkit import manifest as mf
+
+        data = mf.settle(run_dir, by="obs.report")  # an init-run that is gone: abandoned
     return data
 
 
