@@ -273,6 +273,8 @@ SCHEMA = Section(
                 "scrape_interval": F(duration, default="5s"),
                 "bind": F(string, default="127.0.0.1"),
                 "tracing": F(boolean, default=False),
+                # Prometheus' /-/quit and /-/reload: default on for loopback binds only
+                "lifecycle_api": F(optional(boolean)),
                 "ready_timeout": F(positive_number, default=60.0),
                 "ports": Section(
                     {
