@@ -181,6 +181,15 @@ def string_map(v: Any) -> dict[str, str]:
     return out
 
 
+def env_names(v: Any) -> list[str]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of environment variable names, got {_type_name(v)}")
+    for i, k in enumerate(v):
+        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
+            raise ValueError(f"[{i}]: {key_name(k)} is not an environment variable name")
+    return list(dict.fromkeys(v))
+
+
 def extra_args(v: Any) -> dict[str, Any]:
     """Any other SGLang `--flag`: name without dashes -> value (true for a bare flag, list)."""
     if not isinstance(v, dict):
@@ -297,6 +306,8 @@ SCHEMA = Section(
                 "ready_timeout": F(positive_number, default=120.0),
                 "shm_size": F(string, default="16g"),
                 "base_image": F(optional(string)),
+                # the caller's variables container.up passes in: these names only
+                "secrets": F(env_names, default=["HF_TOKEN"]),
             }
         ),
     }
