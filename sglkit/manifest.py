@@ -3,7 +3,7 @@
 Layout under a telemetry root:
 
     <root>/runs/<run_id>/manifest.json   one run's facts (this module's contract)
-    <root>/latest                        symlink -> runs/<run_id> (the most recently started run)
+    <root>/latest                        symlink -> runs/<run_id> (the latest run that got ready)
     <root>/container_run_meta.env        the latest run's facts as KEY=VALUE for shells
 
 A run directory is never reused: `create_run_dir` refuses an existing run id. Every write is a

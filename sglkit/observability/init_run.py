@@ -7,9 +7,11 @@ Creates <root>/runs/<run_id>/ (refusing an existing id), renders the Prometheus 
 starts Prometheus, node_exporter, the GPU exporter and Jaeger where each exists, and runs in the
 foreground: a service that exits is restarted with backoff and the restart recorded; one that
 cannot start, or keeps crashing, is `failed` and the run `degraded`; the rest keep running.
-manifest.json goes starting -> ready once every started service answers its health endpoint.
-SIGTERM or SIGINT stops the children (TERM, then KILL after a grace period), finalizes the
-manifest as `stopped` and exits 0. Children also get SIGTERM if this process dies (PDEATHSIG).
+manifest.json goes starting -> ready once every started service answers its health endpoint;
+<root>/latest moves to the run only then. SIGTERM or SIGINT stops the children (TERM, then KILL
+after a grace period), finalizes the manifest as `stopped` and exits 0. A run with no service
+left running, or whose record the disk refuses, ends `failed` with one line and exit 1.
+Children also get SIGTERM if this process dies (PDEATHSIG).
 """
 
 from __future__ import annotations
