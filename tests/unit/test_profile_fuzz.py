@@ -9,6 +9,9 @@ the number of examples are fixed, so a run is repeatable and bounded (about 20 s
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import tracemalloc
 from datetime import timedelta
 from pathlib import Path
@@ -17,12 +20,19 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from sglkit import paths
 from sglkit import profile as profiles
 from sglkit.errors import ConfigError
 from sglkit.profile.check import check
 from sglkit.profile.schema import SCHEMA, Section
+
+# Hypothesis caches what it learns (source constants, unicode tables) in ./.hypothesis, from the
+# moment pytest collects this module; keep that in a temporary folder of its own instead.
+_HOME = tempfile.mkdtemp(prefix="sglkit-hypothesis-")
+set_hypothesis_home_dir(_HOME)
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 SHIPPED = sorted(paths.asset("profiles").glob("*.yaml"))
 MAX_PEAK = 200 * 1024 * 1024
