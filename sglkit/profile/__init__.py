@@ -17,7 +17,7 @@ from typing import Any
 
 from sglkit import paths, yamlsafe
 from sglkit.errors import ConfigError
-from sglkit.profile.schema import SECRET_NAME, Invalid, validate
+from sglkit.profile.schema import SECRET_NAME, Invalid, key_name, validate
 
 DEFAULT_PROFILE = "cpu-dev"
 # a profile is a few KB; past this it is refused before parsing (50 MB took PyYAML 30 s)
@@ -110,7 +110,7 @@ class Profile:
         unknown = set(overrides) - set(layout)
         if unknown:
             raise ConfigError(
-                f"{self.path}: cache.dirs.{sorted(unknown)[0]}: unknown cache kind "
+                f"{self.path}: cache.dirs.{key_name(sorted(unknown)[0])}: unknown cache kind "
                 f"(known: {', '.join(layout)})"
             )
         root = self.cache_root()

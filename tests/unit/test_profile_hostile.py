@@ -216,3 +216,12 @@ def test_every_yaml_the_kit_reads_goes_through_yamlsafe():
             if call in text:
                 offenders.append(f"{f.relative_to(REPO)}: {call}")
     assert offenders == []
+
+
+def test_an_unknown_cache_kind_with_a_long_name_is_not_echoed(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("model: {path: m}\ncache:\n  dirs:\n    " + "k" * 60 + ": x\n")
+    with pytest.raises(ConfigError) as e:
+        profiles.load(path).cache_dirs()
+    assert "cache.dirs.<a string key>: unknown cache kind" in str(e.value)
+    assert "k" * 40 not in str(e.value)
