@@ -3,12 +3,17 @@
 Layout under a telemetry root:
 
     <root>/runs/<run_id>/manifest.json   one run's facts (this module's contract)
-    <root>/latest                        symlink -> runs/<run_id> (the most recently started run)
+    <root>/latest                        symlink -> runs/<run_id> (the latest run that got ready)
     <root>/container_run_meta.env        the latest run's facts as KEY=VALUE for shells
 
 A run directory is never reused: `create_run_dir` refuses an existing run id. Every write is a
 temp file + rename, so a reader sees the old manifest or the new one, never half of either.
 Nothing secret goes in (no environment, no tokens): only ids, paths, ports, pids and versions.
+
+A manifest whose init-run died without finalizing it (SIGKILL, a host crash) still says
+`starting`, `ready` or `degraded`; `settle()` is how every reader opens a run: where it can tell
+that init-run is gone (same host and pid namespace, or another boot of the kernel) it rewrites the
+manifest as `abandoned`, keeping everything else it recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shlex
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_symlink, atomic_write_json, atomic_write_text
@@ -31,7 +37,8 @@ SCHEMA = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"
 META_ENV = "container_run_meta.env"
-RUN_STATUSES = ("starting", "ready", "degraded", "stopped", "failed")
+RUN_STATUSES = ("starting", "ready", "degraded", "stopped", "failed", "abandoned")
+LIVE_STATUSES = ("starting", "ready", "degraded")  # init-run is (or should be) running
 SERVICE_STATUSES = ("starting", "running", "restarting", "stopped", "failed", "absent")
 SERVICE_NAMES = ("prometheus", "node_exporter", "gpu_exporter", "jaeger")
 # keys written into a live run's manifest by others than its init-run: the server serving in it
@@ -232,6 +239,39 @@ def read_meta_env(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+def host_url(url: str | None, ports: dict[int, int]) -> str | None:
+    """A service URL as init-run wrote it (container view) -> the URL on the host's loopback,
+    given the published ports (container port -> host port)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    port = parts.port
+    if port is None or port not in ports:
+        return url
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{ports[port]}"))
+
+
+def host_ports(m: dict[str, Any]) -> dict[int, int]:
+    """The manifest's published ports (container port -> host port); {} for a bare-host run."""
+    out: dict[int, int] = {}
+    for k, v in (m.get("host_ports") or {}).items():
+        try:
+            out[int(k)] = int(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def service_url(m: dict[str, Any], service: str, key: str = "url") -> str | None:
+    """A service's URL as reachable from this process: the URL init-run recorded when we share
+    its network namespace, else (a container run seen from the host) the published host port."""
+    url = ((m.get("services") or {}).get(service) or {}).get(key)
+    ports = host_ports(m)
+    if ports and m.get("net_ns") != net_namespace():
+        return host_url(url, ports)
+    return url
+
+
 def hostname() -> str:
     return socket.gethostname()
 
@@ -243,3 +283,109 @@ def pid_namespace() -> str | None:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
+
+
+def net_namespace() -> str | None:
+    """This process' network namespace: a manifest's URLs are reachable as written only here."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
+
+
+def boot_id() -> str | None:
+    """The kernel's boot id (the same inside containers): another one means the host rebooted."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22); None if gone.
+
+    With the pid it names one process for the life of a boot: a reused pid has another start."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):  # a zombie or dead process: gone for our purposes
+        return None
+    return int(fields[19])
+
+
+def identity() -> dict[str, Any]:
+    """What a manifest records so that a later reader can tell whether this process lives."""
+    return {
+        "host": hostname(),
+        "pid": os.getpid(),
+        "pid_ns": pid_namespace(),
+        "pid_start": process_start(os.getpid()),
+        "boot_id": boot_id(),
+        "net_ns": net_namespace(),
+    }
+
+
+def init_run_gone(m: dict[str, Any]) -> bool:
+    """True when the run's init-run is known to be gone; False when alive or when this process
+    cannot tell (another host or pid namespace on the same boot: a run in a container)."""
+    if m.get("boot_id") and boot_id() and m["boot_id"] != boot_id():
+        return True  # the kernel that ran it has rebooted since
+    pid = m.get("pid")
+    if not pid or m.get("host") != hostname() or m.get("pid_ns") != pid_namespace():
+        return False
+    started = process_start(pid)
+    if started is None:
+        return True
+    return m.get("pid_start") is not None and started != m["pid_start"]  # the pid was reused
+
+
+def settle(run_dir: str | os.PathLike, by: str) -> dict[str, Any]:
+    """Read a run's manifest; if its init-run is gone without finalizing it, mark it `abandoned`.
+
+    `by` names the command that noticed (obs.status, obs.up, obs.report). The mark is written
+    atomically where the folder is writable; either way the returned manifest carries it.
+    """
+    run_dir = Path(run_dir)
+    m = read(run_dir)
+    if m.get("status") not in LIVE_STATUSES or not init_run_gone(m):
+        return m
+    m = read(run_dir)  # init-run is gone: whatever it wrote last is on disk now
+    if m.get("status") not in LIVE_STATUSES:
+        return m
+    m = abandoned(m, by)
+    try:
+        write(run_dir, m)
+        root = run_dir.parent.parent  # <root>/runs/<run_id>, as seen from here
+        if run_dir.parent.name == "runs" and latest_is(root, run_dir):
+            write_meta_env(root, m)
+    except OSError as e:
+        m["reasons"].append(f"the abandoned mark could not be written: {e.strerror or e}")
+    return m
+
+
+def abandoned(m: dict[str, Any], by: str) -> dict[str, Any]:
+    """The manifest of a run whose init-run is gone: status `abandoned`, history kept."""
+    m = json.loads(json.dumps(m))
+    now = utcnow()
+    m["reasons"] = [
+        *m.get("reasons", []),
+        f"init-run (pid {m.get('pid')}) is gone and never finalized this run; "
+        f"marked abandoned by {by} at {now}",
+    ]
+    m["status"] = "abandoned"
+    m["abandoned_at"] = now
+    same_ns = m.get("host") == hostname() and m.get("pid_ns") == pid_namespace()
+    for name, svc in (m.get("services") or {}).items():
+        if svc.get("status") not in ("starting", "running", "restarting"):
+            continue
+        pid = svc.get("pid")
+        if same_ns and pid and process_start(pid) is not None:
+            m["reasons"].append(f"{name}: pid {pid} still runs without its supervisor")
+            continue
+        svc["status"] = "stopped"
+        svc["reason"] = f"gone with init-run (pid was {pid})" if pid else "gone with init-run"
+        svc["pid"] = None
+    return m

@@ -15,13 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sglkit import manifest as manifests
 from sglkit import net
 from sglkit.containers import engine, render
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.profile import Profile, passthrough_secrets
+from sglkit.profile import Profile
 
 NVIDIA_HINT = (
     "install the NVIDIA Container Toolkit on the host and register it with Docker "
@@ -128,6 +127,9 @@ def plan(
         run_id,
         "--bind",
         "0.0.0.0",
+        # where the host publishes each listener: obs.status on the host reads it there
+        "--host-ports",
+        ",".join(f"{c}={h}" for c, h in sorted(host_ports.items())),
     ]
     env = {
         "SGLKIT_PROFILE": profile_in_container,
@@ -160,15 +162,7 @@ def plan(
     )
 
 
-def host_url(url: str | None, ports: dict[int, int]) -> str | None:
-    """A service URL as init-run wrote it (container view) -> the URL on the host's loopback."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    port = parts.port
-    if port is None or port not in ports:
-        return url
-    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{ports[port]}"))
+host_url = manifests.host_url  # container URL -> published host URL (one place: the manifest)
 
 
 def want_gpus(mode: str, variant: str, runtime: bool) -> bool:
@@ -490,6 +484,15 @@ def describe(c, name: str) -> dict[str, Any] | None:
     return info
 
 
-def secrets() -> dict[str, str]:
-    """Secret-named variables of the caller's environment, passed through to the container."""
-    return passthrough_secrets()
+def secrets(profile: Profile, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's variables named in `container.secrets` (default HF_TOKEN) and set: the only
+    ones passed into the container. Others named like secrets stay on the host."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in profile.container["secrets"] if environ.get(k)}
+
+
+def secret_note(forwarded: dict[str, str]) -> str | None:
+    """The plan's line about secrets: their names only (never a value), None when none."""
+    if not forwarded:
+        return None
+    return f"secrets passed in (container.secrets): {', '.join(sorted(forwarded))}"

@@ -213,6 +213,7 @@ def up(
     use_gpus = lifecycle.want_gpus(gpus, p.container["variant"], runtime)
     ports = _host_ports(host_ports, p)
     run_id = manifests.new_run_id()
+    forwarded = lifecycle.secrets(p)
     plan = lifecycle.plan(
         p,
         run_id=run_id,
@@ -220,13 +221,16 @@ def up(
         host_ports=ports,
         name=name,
         image=image,
-        secrets=lifecycle.secrets(),
+        secrets=forwarded,
     )
     uid, gid = build_mod.dev_ids()
     lifecycle.prepare_storage(plan.host_dirs, uid, gid)
     t_wait = float(timeout) if timeout is not None else p.container["ready_timeout"]
     lifecycle.preflight(client, plan)
     console.print(f"[bold]up[/]: {plan.name} from {image}, run {run_id}, gpus={use_gpus}")
+    note = lifecycle.secret_note(forwarded)
+    if note:
+        console.print(f"[bold]up[/]: {note}")
     with console.status(f"waiting for run {run_id} to be ready") as status:
         out = lifecycle.up(
             client,

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
-from sglkit import paths
+from sglkit import paths, yamlsafe
 from sglkit.errors import ConfigError, SglkitError
 
 CATALOG = "metrics_catalog.yaml"
@@ -30,12 +29,7 @@ def catalog_path() -> Path:
 def load(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The catalog, checked: every entry has a known source and type, names are unique."""
     p = Path(path) if path else catalog_path()
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read catalog: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    data = yamlsafe.load_file(p, what="catalog")
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
         raise ConfigError(f"{p}: metrics: expected a list")
     seen: set[str] = set()

@@ -7,19 +7,24 @@ Creates <root>/runs/<run_id>/ (refusing an existing id), renders the Prometheus 
 starts Prometheus, node_exporter, the GPU exporter and Jaeger where each exists, and runs in the
 foreground: a service that exits is restarted with backoff and the restart recorded; one that
 cannot start, or keeps crashing, is `failed` and the run `degraded`; the rest keep running.
-manifest.json goes starting -> ready once every started service answers its health endpoint.
-SIGTERM or SIGINT stops the children (TERM, then KILL after a grace period), finalizes the
-manifest as `stopped` and exits 0. Children also get SIGTERM if this process dies (PDEATHSIG).
+manifest.json goes starting -> ready once every started service answers its health endpoint;
+<root>/latest moves to the run only then. SIGTERM or SIGINT stops the children (TERM, then KILL
+after a grace period), finalizes the manifest as `stopped` and exits 0. A run with no service
+left running, or whose record the disk refuses, ends `failed` with one line and exit 1.
+Children also get SIGTERM if this process dies (PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import platform
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +64,8 @@ class Options:
     grace: float = 5.0  # TERM -> KILL
     ready_timeout: float | None = None  # default: the profile's telemetry.ready_timeout
     quiet: bool = False
+    # container port -> host port where the host publishes this run's listeners (container.up)
+    host_ports: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +131,11 @@ def parse_args(argv: list[str] | None) -> Options:
     ap.add_argument("--grace", type=float, default=5.0, help="TERM -> KILL grace, seconds")
     ap.add_argument("--ready-timeout", type=float, help="seconds (default: the profile's)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument(
+        "--host-ports",
+        default="",
+        help="CPORT=HPORT,...: where the host publishes these listeners (set by container.up)",
+    )
     a = ap.parse_args(argv)
     return Options(
         profile=a.profile,
@@ -138,7 +150,50 @@ def parse_args(argv: list[str] | None) -> Options:
         grace=a.grace,
         ready_timeout=a.ready_timeout,
         quiet=a.quiet,
+        host_ports=parse_host_ports(a.host_ports),
     )
+
+
+def parse_host_ports(text: str) -> dict[int, int]:
+    """'9090=41000,9100=41001' -> {9090: 41000, 9100: 41001}; ConfigError naming the flag."""
+    out: dict[int, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        c, sep, h = item.partition("=")
+        if not (sep and c.isdigit() and h.isdigit() and 0 < int(c) < 65536 and 0 < int(h) < 65536):
+            raise ConfigError("--host-ports: expected CPORT=HPORT pairs separated by commas")
+        out[int(c)] = int(h)
+    return out
+
+
+def check_bind(bind: str, flag: str) -> None:
+    """Refuse, before anything is created, an address this host cannot listen on."""
+    shown = bind if len(bind) <= 64 and bind.isprintable() else "the address given"
+    try:
+        infos = socket.getaddrinfo(
+            bind or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise ConfigError(f"{flag}: cannot resolve {shown!r} to an address") from None
+    family, _, _, _, addr = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind(addr[:2] if family == socket.AF_INET else addr)
+    except OSError as e:
+        raise ConfigError(
+            f"{flag}: cannot listen on {shown}: {e.strerror or e} (not an address of this host?)"
+        ) from None
+
+
+def is_loopback(bind: str) -> bool:
+    """True when every address `bind` resolves to is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(
+            bind or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 def check_options(o: Options) -> None:
@@ -172,6 +227,16 @@ class Stop(Exception):
     pass
 
 
+class RecordError(SglkitError):
+    """The run's record (manifest, meta env) cannot be written: the run cannot go on honestly."""
+
+
+# Room kept in each run folder (a file of zeros) so that a full disk still lets init-run write the
+# manifest that says `failed`: the file is deleted just before that write.
+RESERVE_BYTES = 64 * 1024
+RESERVE = ".manifest-reserve"
+
+
 class InitRun:
     """One run: its folder, its services, its manifest; `run()` supervises until a signal."""
 
@@ -181,6 +246,10 @@ class InitRun:
         self.profile = profiles.load(o.profile)
         tel = self.profile.telemetry
         self.bind = o.bind or tel["bind"]
+        check_bind(self.bind, "--bind" if o.bind else f"{self.profile.path}: telemetry.bind")
+        self.exposed = not is_loopback(self.bind)
+        keep = tel["lifecycle_api"]
+        self.lifecycle_api = (not self.exposed) if keep is None else bool(keep)
         self.root = Path(o.root or tel["root"]).expanduser().absolute()
         self.run_id = mf.check_run_id(o.run_id) if o.run_id else mf.new_run_id()
         self.run_dir = mf.run_dir(self.root, self.run_id)
@@ -190,6 +259,7 @@ class InitRun:
             )
         self.ready_timeout = o.ready_timeout or float(tel["ready_timeout"])
         self.host = mf.hostname()
+        self.identity = mf.identity()
         self.ports = choose_ports(self.profile, self.bind, o.ports)
         self.logs = self.run_dir / "logs"
         self.prom_dir = self.run_dir / "prometheus"
@@ -201,6 +271,7 @@ class InitRun:
             prometheus_config=self.prom_config,
             prometheus_data=self.prom_data,
             jaeger_wanted=bool(tel["tracing"]),
+            lifecycle_api=self.lifecycle_api,
         )
         sm = o.server_metrics
         self.scrape_server = (
@@ -238,6 +309,9 @@ class InitRun:
         self.versions: dict[str, str | None] = {}
         self._wake_r = self._wake_w = -1
         self.pid1 = os.getpid() == 1
+        self.took_latest = False  # <root>/latest points here (moved once the run is ready)
+        self.failure: str | None = None  # why the run must end as failed
+        self.reserve_path = self.run_dir / RESERVE
 
     # ---- output -----------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -257,9 +331,10 @@ class InitRun:
                 "path": str(self.profile.path),
                 "hash": self.profile.hash(),
             },
+            **self.identity,
             "host": self.host,
-            "pid": os.getpid(),
-            "pid_ns": mf.pid_namespace(),
+            "host_ports": {str(k): v for k, v in sorted(self.o.host_ports.items())},
+            "lifecycle_api": self.lifecycle_api,
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "ended_at": self.ended_at,
@@ -278,20 +353,82 @@ class InitRun:
         }
 
     def save(self) -> None:
+        """Write the manifest (and, for the latest run, the meta env); take `latest` once the
+        run is ready. RecordError when the disk refuses: the run then ends as failed."""
         m = self.manifest()
-        mf.write(self.run_dir, m)
-        if mf.latest_is(self.root, self.run_dir):
-            mf.write_meta_env(self.root, m)
+        try:
+            mf.write(self.run_dir, m)
+            if self.took_latest and mf.latest_is(self.root, self.run_dir):
+                mf.write_meta_env(self.root, m)
+            elif not self.took_latest and self.ready_for_latest():
+                # meta env first: if the disk refuses it, `latest` has not moved
+                mf.write_meta_env(self.root, m)
+                mf.point_latest(self.root, self.run_dir)
+                self.took_latest = True
+                self.say(f"{self.root / mf.LATEST} -> {self.run_dir.name}")
+        except OSError as e:
+            raise RecordError(
+                f"cannot write the run's record under {self.root}: {e.strerror or e}"
+            ) from None
+
+    def ready_for_latest(self) -> bool:
+        """`latest` moves only to a run whose start-up is over with a service running."""
+        return self.status in ("ready", "degraded") and any(
+            s.status == "running" for s in self.services.values()
+        )
+
+    def release_reserve(self) -> None:
+        with contextlib.suppress(OSError):
+            self.reserve_path.unlink()
 
     # ---- lifecycle --------------------------------------------------------------------------
+    def warn_exposure(self) -> None:
+        """One line, even with --quiet: listeners beyond loopback answer without authentication."""
+        if not self.exposed:
+            return
+        api = (
+            "Prometheus' lifecycle API (/-/quit, /-/reload) stays on (telemetry.lifecycle_api)"
+            if self.lifecycle_api
+            else "Prometheus' lifecycle API is off (telemetry.lifecycle_api: true keeps it)"
+        )
+        print(
+            f"warning: --bind {self.bind} is not loopback: Prometheus and the exporters answer "
+            f"anyone who can reach this host, without authentication; {api}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def settle_others(self) -> None:
+        """Runs under the same root whose init-run is gone are marked abandoned (obs.up)."""
+        runs = mf.runs_dir(self.root)
+        if not runs.is_dir():
+            return
+        for d in sorted(runs.iterdir()):
+            if (d / mf.MANIFEST).is_file():
+                with contextlib.suppress(SglkitError, OSError):
+                    if mf.settle(d, by="obs.up")["status"] == "abandoned":
+                        self.say(f"run {d.name}: its init-run is gone; marked abandoned")
+
     def provision(self) -> None:
+        """The run folder, its manifest first: from here on the run is recorded, and a failure
+        (a full disk) marks it failed without moving `latest`."""
         mf.create_run_dir(self.root, self.run_id)
         try:
+            self.save()
+        except RecordError as e:
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing recorded, nothing left
+            raise SglkitError(f"--root: {e}; no run was recorded") from None
+        try:
+            with open(self.reserve_path, "wb") as f:
+                f.write(bytes(RESERVE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
             for d in (self.logs, self.prom_dir, self.prom_data):
                 d.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.prom_config, self.config_text)
         except OSError as e:
-            raise SglkitError(f"--root: cannot write into {self.run_dir}: {e.strerror}") from None
+            why = f"cannot write into {self.run_dir}: {e.strerror or e}"
+            raise SglkitError(f"--root: {why}; {self.finish_failed(why)}") from None
         for s in self.services.values():
             if s.spec.argv is None:
                 s.status = "absent" if s.spec.optional else "failed"
@@ -299,9 +436,20 @@ class InitRun:
                 if not s.spec.optional:
                     self.degrade(f"{s.name}: {s.reason}")
         self.save()
-        mf.point_latest(self.root, self.run_dir)
-        mf.write_meta_env(self.root, self.manifest())
         self.say(f"run folder {self.run_dir}")
+
+    def finish_failed(self, why: str) -> str:
+        """Mark the run failed with `why`, using the reserve's room; say what was recorded."""
+        if why not in self.reasons:
+            self.reasons.append(why)
+        self.status = "failed"
+        self.ended_at = mf.utcnow()
+        self.release_reserve()
+        try:
+            self.save()
+        except RecordError as e:
+            return f"run {self.run_id} could not be marked failed ({e})"
+        return f"run {self.run_id} marked failed"
 
     def _versions(self) -> dict[str, str | None]:
         v: dict[str, str | None] = {
@@ -330,8 +478,13 @@ class InitRun:
         spec = s.spec
         for port, label in spec.listens:
             host = spec.bind if spec.bind not in ("", "::") else "127.0.0.1"
-            if port and port_in_use(port, host):
+            try:
+                busy = bool(port) and port_in_use(port, host)
+            except OSError as e:  # the address went away since check_bind
+                busy, why = True, f"cannot listen on {host}:{port} ({label}): {e.strerror or e}"
+            else:
                 why = f"port {port} ({label}) already in use on {host}"
+            if busy:
                 if first:
                     self.give_up(s, why)
                 else:
@@ -438,10 +591,6 @@ class InitRun:
                 self.status = "degraded" if self.reasons else "ready"
                 self.say(f"{self.status} in {time.monotonic() - self.t0:.2f}s")
                 changed = True
-            elif not live:
-                self.ready_at = None
-                self.status = "degraded"
-                changed = True
             elif time.monotonic() - self.t0 > self.ready_timeout:
                 late = [s.name for s in live if not s.healthy]
                 self.reasons.append(
@@ -453,6 +602,9 @@ class InitRun:
         elif self.status == "ready" and self.reasons:
             self.status = "degraded"
             changed = True
+        if not any(s.status not in ("failed", "absent") for s in self.services.values()):
+            # nothing started, or everything was given up: supervising nothing helps no one
+            self.failure = "no service is running: " + "; ".join(self.reasons or ["none started"])
         return changed
 
     # ---- signals ----------------------------------------------------------------------------
@@ -505,9 +657,14 @@ class InitRun:
             s.proc = None
 
     def run(self, early: dict[str, bool] | None = None) -> int:
+        """Supervise until a signal (exit 0, `stopped`); SglkitError (exit 1, `failed`, `latest`
+        unmoved unless the run had been ready) when no service runs or the record cannot be
+        written."""
         self.install_signals()
         if early and early.get("stop"):
             self.stopping = True
+        self.warn_exposure()
+        self.settle_others()
         self.provision()
         final = "stopped"
         try:
@@ -517,11 +674,16 @@ class InitRun:
                 if s.spec.argv is not None:
                     self.start(s, first=True)
             self.versions = self._versions()  # while the services start, not before
+            self.step()
             self.save()
-            while not self.stopping:
+            while not self.stopping and not self.failure:
                 if self.step():
                     self.save()
+                if self.failure:
+                    break
                 self.wait(0.1 if self.status == "starting" or self._pending() else 1.0)
+        except RecordError as e:
+            self.failure = str(e)
         except BaseException:
             final = "failed"
             self.reasons.append(f"init-run crashed: {sys.exc_info()[1]!r}")
@@ -529,10 +691,20 @@ class InitRun:
         finally:
             self.say("stopping")
             self.stop_children()
-            self.status = final
-            self.ended_at = mf.utcnow()
-            self.save()
-            self.say(f"{final}; manifest {self.run_dir / mf.MANIFEST}")
+            if self.failure:
+                outcome = self.finish_failed(self.failure)
+            else:
+                self.status = final
+                self.ended_at = mf.utcnow()
+                self.release_reserve()
+                try:
+                    self.save()
+                    outcome = f"{final}; manifest {self.run_dir / mf.MANIFEST}"
+                except RecordError as e:
+                    outcome = f"the manifest could not be finalized ({e})"
+            self.say(outcome)
+        if self.failure:
+            raise SglkitError(f"run {self.run_id} failed: {self.failure}; {outcome}")
         return 0
 
     def _pending(self) -> bool:

@@ -60,6 +60,10 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise SglkitError(f"{p}: unreadable manifest: {e}") from None
     if not isinstance(data, dict) or "run_id" not in data:
         raise SglkitError(f"{p}: not a run manifest (no run_id)")
+    if data.get("status") in ("starting", "ready", "degraded"):
+        from sglkit import manifest as mf
+
+        data = mf.settle(run_dir, by="obs.report")  # an init-run that is gone: abandoned
     return data
 
 
@@ -129,13 +133,13 @@ def parse_duration(value: Any) -> float | None:
 
 def scrape_interval(run_dir: Path, manifest: dict[str, Any]) -> float:
     """The run's scrape interval, from its rendered Prometheus config (else the manifest)."""
-    import yaml
+    from sglkit import yamlsafe
 
     cfg = (manifest.get("paths") or {}).get("prometheus_config")
     if cfg:
         p = Path(cfg) if Path(cfg).is_absolute() else run_dir / cfg
-        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
-            glob = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("global") or {}
+        with contextlib.suppress(ConfigError, AttributeError):
+            glob = (yamlsafe.load_file(p, what="Prometheus config") or {}).get("global") or {}
             got = parse_duration(glob.get("scrape_interval", ""))
             if got:
                 return got

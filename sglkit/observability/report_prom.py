@@ -110,24 +110,23 @@ class Source:
 
 
 def _live(manifest: dict[str, Any]) -> Prom | None:
-    """The run's own Prometheus when the run is not over and it answers."""
-    if manifest.get("status") in ("stopped", "failed"):
+    """The run's own Prometheus when the run is not over and it answers as this run's."""
+    from sglkit import manifest as mf
+    from sglkit.observability import identity
+
+    if manifest.get("status") not in mf.LIVE_STATUSES:
         return None
-    svc = (manifest.get("services") or {}).get("prometheus") or {}
-    url = svc.get("url")
+    url = mf.service_url(manifest, "prometheus")
     if not url:
         return None
     prom = Prom(url)
     if not prom.ready():
         return None
     # A port can be reused by another run's Prometheus: trust it only if its run_id label matches.
-    with contextlib.suppress(PromError, KeyError, TypeError):
-        cfg = prom._get("/api/v1/status/config", {})["yaml"]
-        import yaml
-
-        labels = (yaml.safe_load(cfg).get("global") or {}).get("external_labels") or {}
-        if "run_id" in labels and labels["run_id"] != manifest.get("run_id"):
-            return None
+    try:
+        identity.check_prometheus(url, str(manifest.get("run_id")))
+    except SglkitError:
+        return None
     return prom
 
 

@@ -350,9 +350,9 @@ def all_metric_names() -> set[str]:
 
 def catalog_names(path: Path) -> set[str]:
     """Metric names in the metrics catalog, whether it is a list of entries or a mapping."""
-    import yaml
+    from sglkit import yamlsafe
 
-    data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data: Any = yamlsafe.load_file(path, what="catalog")
     if isinstance(data, dict) and "metrics" in data:
         data = data["metrics"]
     names: set[str] = set()

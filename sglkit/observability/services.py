@@ -98,6 +98,7 @@ def plan(
     dcgm_probe: Callable[[], bool] = dcgm_present,
     nvitop_importable: Callable[[], bool] | None = None,
     jaeger_wanted: bool = True,
+    lifecycle_api: bool = True,
 ) -> dict[str, ServiceSpec]:
     """The four services with their argv, or the reason each cannot run here."""
     specs: dict[str, ServiceSpec] = {}
@@ -115,7 +116,7 @@ def plan(
             f"--storage.tsdb.path={prometheus_data}",
             f"--storage.tsdb.retention.time={retention}",
             f"--web.listen-address={_listen(bind, p.port)}",
-            "--web.enable-lifecycle",
+            *(["--web.enable-lifecycle"] if lifecycle_api else []),
             "--log.level=info",
         ]
     else:

@@ -11,6 +11,7 @@ import requests
 
 from sglkit import manifest as mf
 from sglkit.errors import SglkitError
+from sglkit.observability import identity
 
 
 def targets(prometheus_url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -52,41 +53,41 @@ def age(ts: str | None, now: _dt.datetime | None = None) -> str:
     return f"{max((now - when).total_seconds(), 0):.1f}s ago"
 
 
-def init_run_alive(m: dict[str, Any]) -> bool:
-    """False when init-run ran in this host's pid namespace and its pid is gone (or a zombie)."""
-    pid = m.get("pid")
-    if not pid or m.get("host") != mf.hostname() or m.get("pid_ns") != mf.pid_namespace():
-        return True  # another host or another pid namespace (a container): cannot tell here
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def collect(root: str | Path) -> dict[str, Any]:
-    """Everything obs.status prints, as data: the manifest and the targets (or why none)."""
+    """Everything obs.status prints, as data: the manifest and the targets (or why none).
+
+    The run is settled first (a run whose init-run is gone is marked abandoned); Prometheus is
+    asked where the run published it (the host port for a container run), and only once it has
+    said it serves this run (its run_id external label).
+    """
     run = mf.latest_run_dir(root)
     if run is None:
         raise SglkitError(f"--root: no run under {root} (start one with invoke obs.up)")
-    m = mf.read(run)
+    m = mf.settle(run, by="obs.status")
     prom = m["services"].get("prometheus") or {}
-    result: dict[str, Any] = {"manifest": m, "run_dir": str(run), "targets": [], "error": None}
+    url = mf.service_url(m, "prometheus")
+    result: dict[str, Any] = {
+        "manifest": m,
+        "run_dir": str(run),
+        "prometheus_url": url,
+        "targets": [],
+        "error": None,
+    }
+    if m["status"] == "abandoned":
+        result["error"] = (
+            f"run {m['run_id']} is abandoned: its init-run (pid {m.get('pid')}) is gone and "
+            "never finalized the manifest"
+        )
+        return result
     if m["status"] in ("stopped", "failed"):
         result["error"] = f"run {m['run_id']} is {m['status']} (ended {m.get('ended_at')})"
         return result
-    if not init_run_alive(m):
-        result["error"] = (
-            f"run {m['run_id']} says {m['status']} but its init-run (pid {m.get('pid')}) is gone: "
-            "it ended without finalizing the manifest"
-        )
-        return result
-    if prom.get("status") != "running" or not prom.get("url"):
+    if prom.get("status") != "running" or not url:
         result["error"] = f"prometheus is {prom.get('status')}: {prom.get('reason')}"
         return result
     try:
-        result["targets"] = targets(prom["url"])
+        identity.check_prometheus(url, m["run_id"])
+        result["targets"] = targets(url)
     except SglkitError as e:
         result["error"] = str(e)
     return result

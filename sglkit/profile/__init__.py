@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sglkit import paths
+from sglkit import paths, yamlsafe
 from sglkit.errors import ConfigError
-from sglkit.profile.schema import SECRET_NAME, Invalid, validate
+from sglkit.profile.schema import SECRET_NAME, Invalid, key_name, validate
 from sglkit.versions import SGLang
 
 DEFAULT_PROFILE = "cpu-dev"
 # folder under cache.root that SGLANG_MOE_CONFIG_DIR names (not a cache kind: it is rebuilt from
 # the store and the installed SGLang before every server start, never warmed or exported)
 MOE_OVERLAY_DIR = "moe-configs"
+# a profile is a few KB; past this it is refused before parsing (50 MB took PyYAML 30 s)
+PROFILE_MAX_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
 
 
@@ -46,8 +46,7 @@ def resolve_path(name_or_path: str | os.PathLike | None = None) -> Path:
 @functools.cache
 def cache_layout() -> dict[str, Any]:
     """cache/layout.yaml, read once: kinds (folder, variables, shape flags) and the warm env."""
-    with open(paths.asset("cache", "layout.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return yamlsafe.load_file(paths.asset("cache", "layout.yaml"), what="cache layout")
 
 
 def load_cache_layout() -> dict[str, dict[str, Any]]:
@@ -107,7 +106,7 @@ class Profile:
         unknown = set(overrides) - set(layout)
         if unknown:
             raise ConfigError(
-                f"{self.path}: cache.dirs.{sorted(unknown)[0]}: unknown cache kind "
+                f"{self.path}: cache.dirs.{key_name(sorted(unknown)[0])}: unknown cache kind "
                 f"(known: {', '.join(layout)})"
             )
         root = self.cache_root()
@@ -157,19 +156,8 @@ def _expand_paths(data: dict[str, Any], base: Path) -> None:
 def load(name_or_path: str | os.PathLike | None = None) -> Profile:
     """Read, validate and resolve a profile; a ConfigError names the file and the field."""
     path = resolve_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: profile not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read profile: {e.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+    # size, depth and encoding limits; no aliases: a profile is short enough to write out
+    raw = yamlsafe.load_file(path, what="profile", max_bytes=PROFILE_MAX_BYTES, aliases=False)
     try:
         data = validate(raw)
     except Invalid as e:

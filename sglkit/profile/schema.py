@@ -5,6 +5,7 @@ Validation is ours (no pydantic): each error is one line naming the file and the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from typing import Any
 VARIANTS = ("gh200", "hopper-x86", "cpu")
 KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "bf16", "bfloat16", "fp4_e2m1")
 SECRET_NAME = re.compile(r"(^HF_TOKEN$|_TOKEN$|_KEY$|_SECRET$|_PASSWORD$)", re.IGNORECASE)
-_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
-_FLAG = re.compile(r"^[a-z0-9][a-z0-9-_]*$")
+_DURATION = re.compile(r"[0-9]+(ms|s|m|h)")
+_FLAG = re.compile(r"[a-z0-9][a-z0-9-_]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Invalid(ValueError):
@@ -43,8 +45,48 @@ class Section:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-def _type_name(v: Any) -> str:
-    return f"{v!r} ({type(v).__name__})"
+_KINDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping",
+    list: "a list",
+    bytes: "binary data",
+    type(None): "null",
+}
+SHOW_MAX = 32  # a value is quoted in a message only when it is a scalar this short
+
+
+def kind(v: Any) -> str:
+    """What a YAML value is, in words ('a string', 'a mapping'), never what it holds."""
+    for t, words in _KINDS.items():
+        if type(v) is t:
+            return words
+    return f"a {type(v).__name__}"
+
+
+def secret_key(key: Any) -> bool:
+    """A key named like a secret (HF_TOKEN, api-key, db_password): its value is never shown."""
+    return isinstance(key, str) and bool(SECRET_NAME.search(key.replace("-", "_")))
+
+
+def _type_name(v: Any, key: Any = None) -> str:
+    """'got' part of a message: the kind, and the value only when it is a short scalar that is
+    not under a secret-like key (a whole file, a list, a long string are never echoed)."""
+    shown = isinstance(v, bool | int | float) or (isinstance(v, str) and v.isprintable())
+    if shown and not secret_key(key):
+        text = repr(v)
+        if len(text) <= SHOW_MAX:
+            return f"{text} ({kind(v)})"
+    return kind(v)
+
+
+def key_name(k: Any) -> str:
+    """A key from the file, for a message: short printable strings as they are, else its kind."""
+    if isinstance(k, str) and k.isprintable() and len(k) <= SHOW_MAX:
+        return k
+    return f"<{kind(k)} key>"
 
 
 def string(v: Any) -> str:
@@ -91,7 +133,7 @@ def fraction(v: Any) -> float:
 
 
 def positive_number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
         raise ValueError(f"expected a positive number, got {_type_name(v)}")
     return float(v)
 
@@ -106,7 +148,7 @@ def one_of(*choices: str) -> Callable[[Any], str]:
 
 
 def duration(v: Any) -> str:
-    if not isinstance(v, str) or not _DURATION.match(v):
+    if not isinstance(v, str) or not _DURATION.fullmatch(v):
         raise ValueError(f"expected a duration such as 5s or 500ms, got {_type_name(v)}")
     return v
 
@@ -124,15 +166,17 @@ def string_map(v: Any) -> dict[str, str]:
         raise ValueError(f"expected a mapping, got {_type_name(v)}")
     out = {}
     for k, val in v.items():
-        if not isinstance(k, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-            raise ValueError(f"{k!r} is not an environment variable name")
+        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
+            raise ValueError(f"{key_name(k)} is not an environment variable name")
         if SECRET_NAME.search(k):
             raise ValueError(
-                f"{k} looks like a secret: secrets come only from the environment, "
+                f"{key_name(k)} looks like a secret: secrets come only from the environment, "
                 "never from a profile"
             )
         if isinstance(val, bool) or not isinstance(val, str | int | float):
-            raise ValueError(f"{k}: expected a string or number, got {_type_name(val)}")
+            raise ValueError(
+                f"{key_name(k)}: expected a string or number, got {_type_name(val, k)}"
+            )
         out[k] = str(val)
     return out
 
@@ -155,20 +199,31 @@ def profile_env(v: Any) -> dict[str, str]:
     return out
 
 
+def env_names(v: Any) -> list[str]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of environment variable names, got {_type_name(v)}")
+    for i, k in enumerate(v):
+        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
+            raise ValueError(f"[{i}]: {key_name(k)} is not an environment variable name")
+    return list(dict.fromkeys(v))
+
+
 def extra_args(v: Any) -> dict[str, Any]:
     """Any other SGLang `--flag`: name without dashes -> value (true for a bare flag, list)."""
     if not isinstance(v, dict):
         raise ValueError(f"expected a mapping of flag name to value, got {_type_name(v)}")
     for k, val in v.items():
-        if not isinstance(k, str) or not _FLAG.match(k):
-            raise ValueError(f"{k!r} is not a flag name (write it without the leading --)")
+        if not isinstance(k, str) or not _FLAG.fullmatch(k):
+            raise ValueError(f"{key_name(k)} is not a flag name (write it without the leading --)")
         ok = (
             val is None
             or isinstance(val, str | int | float | bool)
             or (isinstance(val, list) and all(isinstance(x, str | int | float) for x in val))
         )
         if not ok:
-            raise ValueError(f"{k}: expected a scalar, true, or a list, got {_type_name(val)}")
+            raise ValueError(
+                f"{key_name(k)}: expected a scalar, true, or a list, got {_type_name(val, k)}"
+            )
     return dict(v)
 
 
@@ -245,6 +300,8 @@ SCHEMA = Section(
                 "scrape_interval": F(duration, default="5s"),
                 "bind": F(string, default="127.0.0.1"),
                 "tracing": F(boolean, default=False),
+                # Prometheus' /-/quit and /-/reload: default on for loopback binds only
+                "lifecycle_api": F(optional(boolean)),
                 "ready_timeout": F(positive_number, default=60.0),
                 "ports": Section(
                     {
@@ -267,6 +324,8 @@ SCHEMA = Section(
                 "ready_timeout": F(positive_number, default=120.0),
                 "shm_size": F(string, default="16g"),
                 "base_image": F(optional(string)),
+                # the caller's variables container.up passes in: these names only
+                "secrets": F(env_names, default=["HF_TOKEN"]),
             }
         ),
     }
@@ -279,11 +338,11 @@ def validate(data: Any, section: Section = SCHEMA, prefix: str = "") -> dict[str
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise Invalid(where, f"expected a mapping, got {_type_name(data)}")
+        raise Invalid(where, f"expected a mapping, got {kind(data)}")
     unknown = [k for k in data if k not in section.fields]
     if unknown:
         known = ", ".join(section.fields)
-        raise Invalid(f"{prefix}{unknown[0]}", f"unknown key (known here: {known})")
+        raise Invalid(f"{prefix}{key_name(unknown[0])}", f"unknown key (known here: {known})")
     out: dict[str, Any] = {}
     for name, spec in section.fields.items():
         dotted = f"{prefix}{name}"

@@ -107,7 +107,7 @@ def record(spec, server: Server, info: dict[str, Any], ready_s: float, run_dir: 
         "profile": spec.profile.name,
         "profile_path": str(spec.profile.path),
         "pid": pid,
-        "pid_start": state.start_time(pid),
+        "pid_start": mf.process_start(pid),
         "pid_ns": mf.pid_namespace(),
         "argv": spec.argv(),
         "url": spec.url,

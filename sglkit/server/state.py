@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sglkit import manifest as mf
 from sglkit import paths
 from sglkit.fsutil import atomic_write_json
 from sglkit.proc import group_members
@@ -46,17 +47,7 @@ def alive(state: dict[str, Any]) -> bool:
     pid = state.get("pid")
     if not isinstance(pid, int) or not group_members(pid):
         return False
-    return start_time(pid) == state.get("pid_start")
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the
-    pid, it names one process; a reused pid has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    return mf.process_start(pid) == state.get("pid_start")
 
 
 def running() -> list[dict[str, Any]]:

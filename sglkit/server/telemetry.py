@@ -16,32 +16,20 @@ from sglkit.fsutil import atomic_write_json
 from sglkit.observability import config as promconfig
 from sglkit.server.spec import ServerSpec
 
-LIVE = ("starting", "ready", "degraded")
-
 
 def live_run(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """(run folder, manifest) of the latest run under `root` while its init-run runs."""
+    """(run folder, manifest) of the latest run under `root` while its init-run runs here (in
+    this pid namespace: a container's run is joined from inside the container)."""
     run_dir = mf.latest_run_dir(root)
     if run_dir is None:
         return None
     try:
-        m = mf.read(run_dir)
+        m = mf.settle(run_dir, by="server.up")
     except Exception:
         return None
-    pid = m.get("pid")
-    if m.get("status") not in LIVE or m.get("pid_ns") != mf.pid_namespace():
-        return None
-    if not isinstance(pid, int) or not process_alive(pid):
+    if m.get("status") not in mf.LIVE_STATUSES or m.get("pid_ns") != mf.pid_namespace():
         return None
     return run_dir, m
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def targets_file(run_dir: Path) -> Path:

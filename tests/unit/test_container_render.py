@@ -206,12 +206,38 @@ def test_plan_mounts_ports_env_and_labels(tmp_path):
         "r1",
         "--bind",
         "0.0.0.0",
+        "--host-ports",
+        "4317=4317,9090=9090,9100=9100,9400=9400,16686=16686,30000=30000",
     ]
     assert plan.ports[9090] == 9090 and plan.ports[30000] == 30000
     assert plan.environment["HF_TOKEN"] == "hf-secret-value-123"
     # the secret is passed through, never recorded in labels
     assert "hf-secret-value-123" not in json.dumps(plan.labels)
     assert plan.labels["org.sglkit.run-id"] == "r1"
+
+
+def test_only_the_secrets_the_profile_names_are_forwarded(tmp_path):
+    """Issue 18: every caller variable named like a secret used to go into the container."""
+    caller = {
+        "HF_TOKEN": "hf-value",
+        "UNRELATED_TOKEN": "u-value",
+        "AWS_SECRET": "a-value",
+        "DB_PASSWORD": "d-value",
+        "WANDB_API_KEY": "w-value",
+        "PATH": "/usr/bin",
+    }
+    default = lifecycle.secrets(_profile(tmp_path), caller)
+    assert default == {"HF_TOKEN": "hf-value"}
+    assert lifecycle.secret_note(default) == "secrets passed in (container.secrets): HF_TOKEN"
+    named = lifecycle.secrets(_profile(tmp_path, secrets=["HF_TOKEN", "WANDB_API_KEY"]), caller)
+    assert named == {"HF_TOKEN": "hf-value", "WANDB_API_KEY": "w-value"}
+    note = lifecycle.secret_note(named)
+    assert "WANDB_API_KEY" in note and "w-value" not in note and "hf-value" not in note
+    plan = lifecycle.plan(_profile(tmp_path), run_id="r", gpus=False, secrets=default)
+    assert "UNRELATED_TOKEN" not in plan.environment
+    assert lifecycle.secrets(_profile(tmp_path), {}) == {}  # unset: nothing, no empty value
+    with pytest.raises(ConfigError, match=r"container\.secrets: \[0\]: 1BAD is not an environment"):
+        _profile(tmp_path, secrets=["1BAD"])
 
 
 def test_plan_rejects_a_mount_over_a_kit_mount(tmp_path):

@@ -157,8 +157,13 @@ def test_status_notices_a_run_whose_init_run_is_gone(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     here = {"host": mf.hostname(), "pid_ns": mf.pid_namespace()}
-    assert st.init_run_alive({**here, "pid": os.getpid()})
-    assert not st.init_run_alive({**here, "pid": dead.pid})
+    assert not mf.init_run_gone({**here, "pid": os.getpid()})
+    assert mf.init_run_gone({**here, "pid": dead.pid})
     # another host or pid namespace: cannot tell, so not reported as gone
-    assert st.init_run_alive({**here, "pid": dead.pid, "host": "elsewhere"})
-    assert st.init_run_alive({**here, "pid": dead.pid, "pid_ns": "pid:[1]"})
+    assert not mf.init_run_gone({**here, "pid": dead.pid, "host": "elsewhere"})
+    assert not mf.init_run_gone({**here, "pid": dead.pid, "pid_ns": "pid:[1]"})
+    # a reused pid (same pid, another start time) is gone; another boot of the kernel too
+    me = mf.identity()
+    assert not mf.init_run_gone(me)
+    assert mf.init_run_gone({**me, "pid_start": me["pid_start"] + 1})
+    assert mf.init_run_gone({**me, "host": "elsewhere", "boot_id": "another-boot"})

@@ -143,3 +143,83 @@ def test_meta_env_has_no_secret_looking_keys(tmp_path):
     d = mf.create_run_dir(tmp_path, "r1")
     keys = mf.meta_env(sample(d))
     assert not [k for k in keys if re.search(r"TOKEN|SECRET|PASSWORD|_KEY$", k)]
+
+
+def test_a_run_in_another_network_namespace_is_reached_on_its_published_host_ports():
+    """Issue 18: obs.status asked 127.0.0.1:9090 (the port inside the container) for a run that
+    container.up had published on another host port."""
+    m = {
+        "net_ns": "net:[1]",  # not ours: a container's
+        "host_ports": {"9090": 41000, "9100": 41001},
+        "services": {
+            "prometheus": {"url": "http://127.0.0.1:9090"},
+            "node_exporter": {"url": "http://127.0.0.1:9100/metrics"},
+            "jaeger": {"url": None},
+        },
+    }
+    assert mf.service_url(m, "prometheus") == "http://127.0.0.1:41000"
+    assert mf.service_url(m, "node_exporter") == "http://127.0.0.1:41001/metrics"
+    assert mf.service_url(m, "jaeger") is None
+    # in the run's own network namespace (obs.status inside the container) the URL is as written
+    assert mf.service_url({**m, "net_ns": mf.net_namespace()}, "prometheus") == (
+        "http://127.0.0.1:9090"
+    )
+    # a bare-host run publishes nothing
+    assert mf.service_url({**m, "host_ports": {}}, "prometheus") == "http://127.0.0.1:9090"
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_settle_marks_a_run_whose_init_run_is_gone_abandoned_and_keeps_its_history(tmp_path):
+    root = tmp_path / "t"
+    d = mf.create_run_dir(root, "r")
+    dead = _dead_pid()
+    here = {**mf.identity(), "pid": dead, "pid_start": 12345}
+    history = [{"at": mf.utcnow(), "exit_code": 3, "reason": "exited with code 3"}]
+    services = {
+        "prometheus": {"status": "running", "pid": _dead_pid(), "restart_history": history},
+        "jaeger": {"status": "absent", "pid": None},
+    }
+    mf.write(d, sample(d, **here, services=services, reasons=["kept"]))
+    mf.point_latest(root, d)
+    mf.write_meta_env(root, mf.read(d))
+
+    m = mf.settle(d, by="obs.status")
+    assert m["status"] == "abandoned" and m["abandoned_at"]
+    assert m["reasons"][0] == "kept" and "marked abandoned by obs.status" in m["reasons"][1]
+    assert m["services"]["prometheus"]["status"] == "stopped"
+    assert m["services"]["prometheus"]["restart_history"] == history
+    assert m["services"]["jaeger"]["status"] == "absent"
+    assert mf.read(d) == m  # written, atomically
+    assert mf.read_meta_env(root / mf.META_ENV)["SGLKIT_RUN_STATUS"] == "abandoned"
+    assert mf.settle(d, by="obs.up") == m  # once
+
+
+def test_settle_leaves_live_finished_and_unknowable_runs_alone(tmp_path):
+    root = tmp_path / "t"
+    cases = {
+        "live": {**mf.identity()},
+        "stopped": {**mf.identity(), "pid": _dead_pid(), "status": "stopped"},
+        "container": {**mf.identity(), "pid": _dead_pid(), "pid_ns": "pid:[1]"},
+    }
+    for name, over in cases.items():
+        d = mf.create_run_dir(root, name)
+        status = over.pop("status", "ready")
+        mf.write(d, sample(d, status=status, **over))
+        before = (d / mf.MANIFEST).read_text()
+        assert mf.settle(d, by="obs.status")["status"] == status
+        assert (d / mf.MANIFEST).read_text() == before
+
+
+def test_obs_report_settles_the_run_it_reads(tmp_path):
+    from sglkit.observability.report import read_manifest
+
+    d = mf.create_run_dir(tmp_path / "t", "r")
+    mf.write(d, sample(d, **{**mf.identity(), "pid": _dead_pid()}))
+    m = read_manifest(d)
+    assert m["status"] == "abandoned"
+    assert any("marked abandoned by obs.report" in r for r in m["reasons"])
