@@ -66,6 +66,11 @@ class SGLang:
         versions before the rename: newer ones copy it to SGLANG_ with a warning per variable."""
         return not (name.startswith("SGL_") and self.at_least(SGL_ENV_RENAMED))
 
+    def deepgemm_precompile(self, on: bool) -> dict[str, str]:
+        """The variable that turns SGLang's all-M DeepGEMM precompile at start on or off."""
+        names = ("SGLANG_JIT_DEEPGEMM_PRECOMPILE", "SGL_JIT_DEEPGEMM_PRECOMPILE")
+        return {n: "1" if on else "0" for n in names if self.env_name_used(n)}
+
     def endpoints(self, name: str) -> tuple[str, ...]:
         """HTTP paths to try, in order, for 'model_info' or 'server_info'."""
         new, old = f"/{name}", f"/get_{name}"

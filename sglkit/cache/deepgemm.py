@@ -146,6 +146,31 @@ def marker_matches(folder: Path, fp: fingerprint.Fingerprint) -> tuple[dict | No
     return marker, fingerprint.differences(stored, fp)
 
 
+PRECOMPILE_CHOICES = ("auto", "on", "off")
+
+
+def precompile_plan(spec: server_spec.ServerSpec, choice: str = "auto") -> tuple[dict, str]:
+    """(environment, one line) for serving `spec`: SGLang's all-M DeepGEMM precompile at start.
+
+    auto: off when cache.deepgemm's marker matches the fingerprint of this very server (every
+    kernel it will ask for is in the folder, so the sweep only re-reads them), else SGLang's
+    default; on / off: forced."""
+    if choice not in PRECOMPILE_CHOICES:
+        raise ConfigError(f"--precompile: expected one of {', '.join(PRECOMPILE_CHOICES)}, "
+                          f"got {choice!r}")  # fmt: skip
+    folder = spec.profile.cache_dirs()[KIND]
+    if choice != "auto":
+        return spec.sglang.deepgemm_precompile(choice == "on"), f"precompile: {choice} (forced)"
+    marker, diff = marker_matches(folder, fingerprint.compute(spec))
+    if marker is not None and not diff:
+        return spec.sglang.deepgemm_precompile(False), (
+            f"precompile: off: {folder} was warmed for this server "
+            f"(marker of {marker.get('warmed_at', '?')} matches); --precompile on sweeps anyway"
+        )
+    why = diff[0] if diff else "no marker"
+    return {}, f"precompile: SGLang's default (DeepGEMM cache not warm for this server: {why})"
+
+
 def describe(pl: Plan) -> dict[str, Any]:
     """What a warm would run and compare, without running it (--dry-run)."""
     fp = fingerprint.compute(pl.spec)

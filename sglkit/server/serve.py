@@ -19,6 +19,7 @@ import requests
 
 from sglkit import manifest as mf
 from sglkit import profile as profiles
+from sglkit.cache import deepgemm
 from sglkit.errors import SglkitError
 from sglkit.observability import tracing
 from sglkit.proc import group_members
@@ -49,9 +50,13 @@ def up(
     detach: bool = False,
     timeout: float = 1800.0,
     grace: float = 30.0,
+    precompile: str = "auto",
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Serve until Ctrl-C (or, detached, until ready); returns the state that was recorded."""
+    """Serve until Ctrl-C (or, detached, until ready); returns the state that was recorded.
+
+    `precompile` (auto, on, off) decides SGLang's all-M DeepGEMM sweep at start: auto skips it
+    where cache.deepgemm's marker matches this server (sglkit.cache.deepgemm.precompile_plan)."""
     p = profiles.load(profile)
     rep = reporter or Reporter("server.up", echo=not detach)
     live = telemetry.live_run(p.telemetry["root"])
@@ -59,6 +64,7 @@ def up(
     if endpoint and not overrides.tracing_endpoint:
         overrides = dataclasses.replace(overrides, tracing_endpoint=endpoint)
     spec = server_spec.build(p, overrides)
+    env, precompile_line = deepgemm.precompile_plan(spec, precompile)
     for other in state.running():
         raise ServerError(
             f"server.up: a server of the kit is already up (profile {other['profile']}, "
@@ -67,8 +73,9 @@ def up(
         )
     run_dir = live[0] if live else None
     log = (run_dir / "logs" / "sglang.log") if run_dir else state.folder() / f"{p.name}.log"
-    server = Server(spec, log_path=log, reporter=rep, detach=detach, grace=grace)
+    server = Server(spec, log_path=log, reporter=rep, env=env, detach=detach, grace=grace)
     server.check_port()
+    rep.console.print(f"server.up: {precompile_line}", markup=False)
     rep.say(f"run: {run_dir}" if run_dir else "run: none live (obs.up starts one)")
     rep.say(f"argv: {profiles.shell_line(spec.argv())}")
     st: dict[str, Any] = {}
@@ -76,7 +83,7 @@ def up(
         deadline = time.monotonic() + timeout
         ready_s = server.wait_ready(deadline)
         info = server.check_model(deadline)
-        st = record(spec, server, info, ready_s, run_dir)
+        st = record(spec, server, info, ready_s, run_dir, precompile_line)
         if run_dir:
             rep.say(f"telemetry: {telemetry.join(run_dir, live[1], spec, st)}")
         rep.console.print(
@@ -101,7 +108,8 @@ def _serve_until_interrupted(server: Server, rep: Reporter) -> None:
         rep.say("Ctrl-C: stopping")
 
 
-def record(spec, server: Server, info: dict[str, Any], ready_s: float, run_dir: Path | None):
+def record(spec, server: Server, info: dict[str, Any], ready_s: float, run_dir: Path | None,
+           precompile: str):  # fmt: skip
     pid = server.proc.pid
     st = {
         "profile": spec.profile.name,
@@ -117,6 +125,7 @@ def record(spec, server: Server, info: dict[str, Any], ready_s: float, run_dir: 
         "run_dir": str(run_dir) if run_dir else None,
         "started_at": mf.utcnow(),
         "ready_s": round(ready_s, 3),
+        "precompile": precompile,
         "status": "running",
     }
     state.write(spec.profile.name, st)

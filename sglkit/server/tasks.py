@@ -39,10 +39,12 @@ def _num(value, flag: str, kind=float, minimum: float = 0):
         "skip-tokenizer-init": "SGLang's --skip-tokenizer-init (requests send input_ids)",
         "timeout": "seconds to wait for the server to be ready (default 1800)",
         "grace": "seconds between SIGTERM to the server and KILL of its group (default 30)",
+        "precompile": "SGLang's all-M DeepGEMM sweep at start: auto (off where cache.deepgemm's "
+        "marker matches this server), on, off",
     }
 )
 def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
-       skip_tokenizer_init=False, timeout=1800.0, grace=30.0):  # fmt: skip
+       skip_tokenizer_init=False, timeout=1800.0, grace=30.0, precompile="auto"):  # fmt: skip
     """Serve the profile with SGLang: its argv, caches, MoE configs, inside the live run."""
     overrides = Overrides(
         port=_num(port, "--port", int, 1),
@@ -51,7 +53,7 @@ def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
         skip_tokenizer_init=bool(skip_tokenizer_init),
     )
     serve.up(profile, overrides, detach=detach, timeout=_num(timeout, "--timeout"),
-             grace=_num(grace, "--grace"))  # fmt: skip
+             grace=_num(grace, "--grace"), precompile=precompile)  # fmt: skip
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print one JSON object"})

@@ -148,3 +148,36 @@ def test_server_up_generate_metrics_status_bench_trace_down(roots, free_port):
             f"TTFT p50 {s['ttft_p50_s'] * 1000:.1f} ms, TPOT p50 {s['tpot_p50_s'] * 1000:.2f} ms"
         )
     _save_figures()
+
+
+def test_warm_start_skips_the_sweep_and_compiles_nothing_at_request_time(roots, free_port):
+    """After cache.deepgemm, server.up turns SGLang's all-M sweep off (the marker matches);
+    prompts of many lengths across the profile's context must then find every kernel in the
+    cache: a file added to the DeepGEMM folder would be a shape compiled at request time."""
+    _, env = roots
+    port = str(free_port())
+    rc, out, _ = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port, timeout=1500)
+    assert rc == 0, out[-3000:]
+    before = deepgemm_files(env)
+    rc, out, up_s = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
+    assert rc == 0, out[-4000:]
+    assert "precompile: off: " in out, out[-2000:]
+    ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
+    url = f"http://127.0.0.1:{port}"
+    lengths = (1, 3, 17, 64, 129, 500, 1000, 2048, 3000, 4000)
+    try:
+        for n in lengths:
+            r = requests.post(f"{url}/generate", json={
+                "input_ids": [(7 * i + 11) % 32000 for i in range(n)],
+                "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+            }, timeout=600)  # fmt: skip
+            assert r.status_code == 200, (n, r.text[:300])
+    finally:
+        rc, out, _ = invoke(env, "server.down", "-p", PROFILE)
+    assert rc == 0, out[-2000:]
+    after = deepgemm_files(env)
+    assert after == before, f"{after - before} DeepGEMM cache files appeared at request time"
+    FIGURES["warm_start"] = {"ready_s": ready, "lengths": list(lengths), "files": before}
+    print(f"\nwarm start, sweep off: ready {ready:.1f} s; {len(lengths)} prompt lengths, "
+          f"cache files {before} -> {after}")  # fmt: skip
+    _save_figures()

@@ -334,3 +334,49 @@ def test_server_joins_the_live_run_manifest_and_prometheus(tmp_path, env, free_p
         if init.poll() is None:
             init.kill()
             init.wait(timeout=30)
+
+
+# ---- the DeepGEMM sweep at start: skipped only where the warm matches ----------------------------
+def test_precompile_is_off_only_where_the_deepgemm_marker_matches(tmp_path, env, free_port):
+    prof = write_profile(tmp_path, free_port())
+    record = tmp_path / "record.json"
+    env = dict(env, STANDIN_RECORD=str(record))
+
+    def up(*extra):
+        rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach", *extra)
+        assert rc == 0, out + err
+        inv(env, "server.down", "-p", str(prof))
+        return out, json.loads(record.read_text())["env"]
+
+    out, seen = up()
+    assert (
+        "precompile: SGLang's default (DeepGEMM cache not warm for this server: no completion marker)"
+        in out
+    )
+    assert "SGLANG_JIT_DEEPGEMM_PRECOMPILE" not in seen
+
+    rc, out, err, _ = inv(env, "cache.deepgemm", "-p", str(prof))
+    assert rc == 0, out + err
+    out, seen = up()
+    assert "precompile: off: " in out and "matches" in out
+    assert seen["SGLANG_JIT_DEEPGEMM_PRECOMPILE"] == "0"
+    assert "SGL_JIT_DEEPGEMM_PRECOMPILE" not in seen  # no SGLang here: the newest names
+
+    out, seen = up("--precompile", "on")
+    assert "precompile: on (forced)" in out and seen["SGLANG_JIT_DEEPGEMM_PRECOMPILE"] == "1"
+
+    # a server whose kernel shapes differ from the warm's (another context length) sweeps
+    data = yaml.safe_load(prof.read_text())
+    data["server"]["context_length"] = 8192
+    prof.write_text(yaml.safe_dump(data))
+    out, seen = up()
+    assert "not warm for this server: server_args: --context-length '4096' -> '8192'" in out, out
+    assert "SGLANG_JIT_DEEPGEMM_PRECOMPILE" not in seen
+
+
+def test_precompile_choice_is_checked_before_anything_starts(tmp_path, env, free_port):
+    rc, out, err, _ = inv(env, "server.up", "-p", str(write_profile(tmp_path, free_port())),
+                          "--precompile", "sometimes")  # fmt: skip
+    assert rc == 2, out + err
+    assert one_error_line(err).startswith("error: --precompile: expected one of auto, on, off")
+    assert "server pid" not in out
