@@ -159,7 +159,7 @@ def test_warm_start_skips_the_sweep_and_compiles_nothing_at_request_time(roots, 
     rc, out, _ = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port, timeout=1500)
     assert rc == 0, out[-3000:]
     before = deepgemm_files(env)
-    rc, out, up_s = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
+    rc, out, _ = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
     assert rc == 0, out[-4000:]
     assert "precompile: off: " in out, out[-2000:]
     ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
