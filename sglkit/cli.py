@@ -121,3 +121,20 @@ def table_console():
     from sglkit.console import out
 
     return out()
+
+
+def number(value, flag: str, kind=float, minimum: float = 0, default=None):
+    """A flag's value as a number. Task flags default to None, never to a number: invoke casts a
+    flag with a numeric default itself, and a bad value would end in its traceback. None gives
+    `default`; anything else not a number >= `minimum` is a ConfigError naming the flag."""
+    from sglkit.errors import ConfigError
+
+    if value is None:
+        return default
+    try:
+        n = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
+    if n < minimum:
+        raise ConfigError(f"{flag}: expected a number >= {minimum}, got {value!r}")
+    return n

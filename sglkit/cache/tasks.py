@@ -10,9 +10,8 @@ from rich.table import Table
 from sglkit.cache import archive, deepgemm, store
 from sglkit.cache import status as cache_status
 from sglkit.cache.triton import triton
-from sglkit.cli import table_console, task
+from sglkit.cli import number, table_console, task
 from sglkit.console import echo
-from sglkit.errors import ConfigError
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
@@ -38,10 +37,10 @@ def deepgemm_(
     context_length=None,
     launcher=None,
     port=None,
-    timeout=3600.0,
-    grace=10.0,
+    timeout=None,
+    grace=None,
     force=False,
-    lock_timeout=0.0,
+    lock_timeout=None,
     dry_run=False,
 ):
     """Warm the DeepGEMM cache: run the server with the profile's argv and one warm-up request."""
@@ -50,8 +49,8 @@ def deepgemm_(
         model=model,
         context_length=context_length,
         launcher=launcher,
-        port=_number(port, "--port", int),
-        timeout=_number(timeout, "--timeout", float),
+        port=number(port, "--port", int),
+        timeout=number(timeout, "--timeout", float, default=3600.0),
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))
@@ -59,22 +58,9 @@ def deepgemm_(
     deepgemm.warm(
         pl,
         force=force,
-        lock_timeout=_number(lock_timeout, "--lock-timeout", float),
-        grace=_number(grace, "--grace", float),
+        lock_timeout=number(lock_timeout, "--lock-timeout", float, default=0.0),
+        grace=number(grace, "--grace", float, default=10.0),
     )
-
-
-def _number(value, flag, kind):
-    """invoke hands over strings for flags without a typed default: convert, or name the flag."""
-    if value is None:
-        return None
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{flag}: expected a number >= 0, got {value!r}")
-    return number
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print JSON instead of a table"})

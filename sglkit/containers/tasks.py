@@ -11,7 +11,7 @@ from invoke import Collection
 from sglkit import logs as kitlogs
 from sglkit import manifest as manifests
 from sglkit import profile as profiles
-from sglkit.cli import task
+from sglkit.cli import number, task
 from sglkit.console import echo
 from sglkit.containers import base as base_mod
 from sglkit.containers import build as build_mod
@@ -269,11 +269,11 @@ def up(
 
 
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
-def down(c, profile=None, name=None, grace=10):
+def down(c, profile=None, name=None, grace=None):
     """Stop and remove the devcontainer; telemetry and caches stay on the host."""
     p = profiles.load(profile)
     name = name or p.container["name"]
-    labels = lifecycle.down(engine.client(), name, grace=float(grace))
+    labels = lifecycle.down(engine.client(), name, grace=number(grace, "--grace", default=10.0))
     if labels is None:
         echo(f"{name}: no such container (nothing to do)")
         return

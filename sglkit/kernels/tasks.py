@@ -98,7 +98,7 @@ def name(
     c,
     model,
     tp,
-    ep=1,
+    ep=None,
     dtype=None,
     per_channel_quant=False,
     down=False,
@@ -110,7 +110,7 @@ def name(
     shape = moe_shape(
         model,
         tp=_int(tp, "--tp"),
-        ep=_int(ep, "--ep"),
+        ep=1 if ep is None else _int(ep, "--ep"),
         dtype=dtype,
         per_channel_quant=True if per_channel_quant else None,
     )

@@ -8,25 +8,12 @@ from invoke import Collection
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from sglkit.cli import task
+from sglkit.cli import number, task
 from sglkit.console import echo, out
-from sglkit.errors import ConfigError
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
 
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
-
-
-def _num(value, flag: str, kind=float, minimum: float = 0):
-    if value is None:
-        return None
-    try:
-        n = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
-    if n < minimum:
-        raise ConfigError(f"{flag}: expected a number >= {minimum}, got {value!r}")
-    return n
 
 
 @task(
@@ -44,16 +31,22 @@ def _num(value, flag: str, kind=float, minimum: float = 0):
     }
 )
 def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
-       skip_tokenizer_init=False, timeout=1800.0, grace=30.0, precompile="auto"):  # fmt: skip
+       skip_tokenizer_init=False, timeout=None, grace=None, precompile="auto"):  # fmt: skip
     """Serve the profile with SGLang: its argv, caches, MoE configs, inside the live run."""
     overrides = Overrides(
-        port=_num(port, "--port", int, 1),
+        port=number(port, "--port", int, 1),
         model_path=model,
         load_format=load_format,
         skip_tokenizer_init=bool(skip_tokenizer_init),
     )
-    serve.up(profile, overrides, detach=detach, timeout=_num(timeout, "--timeout"),
-             grace=_num(grace, "--grace"), precompile=precompile)  # fmt: skip
+    serve.up(
+        profile,
+        overrides,
+        detach=detach,
+        timeout=number(timeout, "--timeout", default=1800.0),
+        grace=number(grace, "--grace", default=30.0),
+        precompile=precompile,
+    )
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print one JSON object"})
@@ -76,9 +69,9 @@ def status(c, profile=None, json_=False):
 
 
 @task(help={"profile": PROFILE_HELP, "grace": "seconds before the group is killed (default 30)"})
-def down(c, profile=None, grace=30.0):
+def down(c, profile=None, grace=None):
     """Stop the profile's server gracefully; no process of its group is left."""
-    echo(serve.down(profile, grace=_num(grace, "--grace")))
+    echo(serve.down(profile, grace=number(grace, "--grace", default=30.0)))
 
 
 @task(help={"profile": PROFILE_HELP})
@@ -94,9 +87,9 @@ def flush_cache(c, profile=None):
         "output": "folder for the trace files (default: the run's traces/<time>)",
     }
 )
-def trace(c, profile=None, seconds=5.0, output=None):
+def trace(c, profile=None, seconds=None, output=None):
     """Record a torch profiler trace of the server (/start_profile, /stop_profile)."""
-    folder, files = serve.trace(profile, _num(seconds, "--seconds"), output)
+    folder, files = serve.trace(profile, number(seconds, "--seconds", default=5.0), output)
     echo(f"trace: {folder}")
     for f in files:
         echo(f"  {f.name}  {f.stat().st_size} bytes")
@@ -113,17 +106,17 @@ def trace(c, profile=None, seconds=5.0, output=None):
         "json": "print the summary as JSON",
     }
 )
-def bench(c, profile=None, requests=64, concurrency=8, input_len=256, output_len=64,
-          vocab=32000, json_=False):  # fmt: skip
+def bench(c, profile=None, requests=None, concurrency=None, input_len=None, output_len=None,
+          vocab=None, json_=False):  # fmt: skip
     """A short load of /generate with random input ids; throughput and latency percentiles."""
-    st = serve.require(profile)
     spec = load.LoadSpec(
-        requests=_num(requests, "--requests", int, 1),
-        concurrency=_num(concurrency, "--concurrency", int, 1),
-        input_len=_num(input_len, "--input-len", int, 1),
-        output_len=_num(output_len, "--output-len", int, 1),
-        vocab=_num(vocab, "--vocab", int, 2),
+        requests=number(requests, "--requests", int, 1, default=64),
+        concurrency=number(concurrency, "--concurrency", int, 1, default=8),
+        input_len=number(input_len, "--input-len", int, 1, default=256),
+        output_len=number(output_len, "--output-len", int, 1, default=64),
+        vocab=number(vocab, "--vocab", int, 2, default=32000),
     )
+    st = serve.require(profile)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 10) == 0:

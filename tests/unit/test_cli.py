@@ -127,3 +127,37 @@ def test_readme_commands_and_ci_run_agree():
     assert os.access(REPO / ".ci" / "run", os.X_OK)
     res = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_no_task_flag_has_a_numeric_default():
+    """invoke casts a flag whose default is a number before the task runs: `--timeout abc` would
+    end in its ValueError traceback instead of a line naming the flag (sglkit.cli.number)."""
+    import inspect
+
+    import tasks
+
+    numeric = [
+        f"{cname}.{tname} --{p.name.replace('_', '-')}"
+        for cname, coll in tasks.ns.collections.items()
+        for tname, t in coll.tasks.items()
+        for p in inspect.signature(t.body).parameters.values()
+        if isinstance(p.default, int | float) and not isinstance(p.default, bool)
+    ]
+    assert numeric == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cache.deepgemm", "--timeout", "abc"],
+        ["server.bench", "--requests", "many"],
+        ["server.down", "--grace", "x"],
+        ["container.down", "--grace", "x"],
+    ],
+)
+def test_a_bad_number_is_one_line_naming_the_flag(argv, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "invoke", *argv], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "Traceback" not in r.stderr
+    assert f"error: {argv[1]}: expected a number" in r.stderr
