@@ -285,11 +285,21 @@ def test_foreground_server_stops_on_ctrl_c_with_status_0(tmp_path, env, free_por
 
 # ---- inside a live telemetry run (real Prometheus, node_exporter) ------------------------------
 @pytest.mark.requires("prometheus", "node_exporter")
-def test_server_joins_the_live_run_manifest_and_prometheus(tmp_path, env, free_port, wait_for):
+def test_server_joins_the_live_run_manifest_prometheus_and_tracing(
+    tmp_path, env, free_port, wait_for
+):
+    """...and is traced: the profile turns tracing on and the run has Jaeger (its STAND-IN,
+    tests/fixtures/standin_jaeger.py: Jaeger cannot be installed here)."""
     profile_port = free_port()
     prof = write_profile(tmp_path, profile_port, telemetry={"scrape_interval": "1s",
-                                                            "ready_timeout": SLOW})  # fmt: skip
+                                                            "ready_timeout": SLOW,
+                                                            "tracing": True})  # fmt: skip
     root = tmp_path / "telemetry"
+    bindir = tmp_path / "jaeger-bin"
+    bindir.mkdir()
+    (bindir / "jaeger-all-in-one").symlink_to(REPO / "tests" / "fixtures" / "standin_jaeger.py")
+    record = tmp_path / "standin-argv.json"
+    env = dict(env, PATH=f"{bindir}{os.pathsep}{env['PATH']}", STANDIN_RECORD=str(record))
     init = subprocess.Popen(
         [sys.executable, "-m", "sglkit.observability.init_run", "--profile", str(prof),
          "--root", str(root), "--ports", "auto", "--server-metrics", "off"],
@@ -304,6 +314,9 @@ def test_server_joins_the_live_run_manifest_and_prometheus(tmp_path, env, free_p
         assert rc == 0, out + err
         assert f"run: {run}" in out
         m = mf.read(run)
+        otlp = m["services"]["jaeger"]["otlp_endpoint"]
+        argv = json.loads(record.read_text())["argv"]
+        assert argv[-3:] == ["--enable-trace", "--otlp-traces-endpoint", otlp], argv
         assert m["server"]["url"] == f"http://127.0.0.1:{port}"
         assert m["server"]["status"] == "running"
         assert (run / "logs" / "sglang.log").read_text().count("standin: serving on") == 1
