@@ -17,7 +17,13 @@ from sglkit.server import parse
 from sglkit.server import spec as server_spec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["cpu-dev", "deepseek-v3-gh200", "qwen3-30b-a3b-gh200", "qwen3-moe-fp8-2l"]
+SHIPPED = [
+    "cpu-dev",
+    "deepseek-v3-gh200",
+    "qwen3-30b-a3b-gh200",
+    "qwen3-moe-fp8-2l",
+    "qwen3-moe-bf16-2l",
+]
 
 
 def write(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:

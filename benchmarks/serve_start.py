@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""What a server start costs, by the state of its caches: N starts in each state through the real
+`invoke server.up --detach`, then one `/generate` of one token, then `invoke server.down`.
+
+States (the order is rotated from run to run, so drift on a shared machine spreads evenly):
+  cold      an empty cache root: SGLang compiles every DeepGEMM shape at start
+  default   the root warmed by `cache.deepgemm`, SGLang's default (`--precompile on`: it sweeps
+            every M again, re-reading the cache)
+  kit       the same warm root through the kit (`--precompile auto`: the marker matches, the
+            sweep is skipped)
+  floor     --floor-profile (the same model in bf16: no DeepGEMM shapes), its own warm root
+
+Per state it prints the median and maximum of the seconds to /health 200 (the server's own, from
+its start) and to the first token (from the task's start: the task, the start, one request).
+Goal: `kit` within 1.1x of `floor`. On a GPU machine:
+
+    python3 benchmarks/serve_start.py --profile qwen3-moe-fp8-2l \\
+        --floor-profile qwen3-moe-bf16-2l --runs 3
+
+It runs anywhere a profile's launcher runs: with the STAND-IN server profiles of
+tests/fixtures it checks the mechanics on a CPU (its figures then say nothing about SGLang).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sglkit.net import free_port  # noqa: E402
+
+STATES = ("cold", "default", "kit", "floor")
+
+
+def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str]:
+    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return r.returncode, r.stdout + r.stderr
+
+
+def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, float]:
+    port = str(free_port())
+    t0 = time.monotonic()
+    rc, out = invoke(env, "server.up", "-p", profile, "--detach", "--port", port,
+                     "--precompile", precompile, timeout=timeout)  # fmt: skip
+    if rc != 0:
+        raise SystemExit(f"server.up failed ({rc}):\n{out[-3000:]}")
+    try:
+        ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
+        r = requests.post(f"http://127.0.0.1:{port}/generate", json={
+            "input_ids": [1, 2, 3, 4, 5, 6, 7, 8],
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True},
+        }, timeout=timeout)  # fmt: skip
+        first = time.monotonic() - t0
+        if r.status_code != 200:
+            raise SystemExit(f"/generate: HTTP {r.status_code}: {r.text[:200]}")
+    finally:
+        invoke(env, "server.down", "-p", profile, timeout=300)
+    return {"ready_s": ready, "first_token_s": first, "skipped_sweep": "precompile: off" in out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, help="the FP8 profile (DeepGEMM shapes)")
+    ap.add_argument("--floor-profile", required=True, help="the same model without DeepGEMM")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--states", default=",".join(STATES))
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--json", help="also write every start as JSON here")
+    a = ap.parse_args(argv)
+    states = [s for s in a.states.split(",") if s]
+    if unknown := set(states) - set(STATES):
+        ap.error(f"--states: unknown {sorted(unknown)} (known: {', '.join(STATES)})")
+    work = Path(tempfile.mkdtemp(prefix="sglkit-serve-start-"))
+    base = dict(os.environ, SGLKIT_STATE_DIR=str(work / "state"), PYTHONPATH=str(REPO))
+    warm_root, floor_root = work / "warm", work / "floor"
+
+    def env_for(root: Path) -> dict[str, str]:
+        return dict(base, SGLKIT_CACHE_ROOT=str(root))
+
+    print(f"warming {warm_root} with cache.deepgemm ...", file=sys.stderr, flush=True)
+    rc, out = invoke(env_for(warm_root), "cache.deepgemm", "-p", a.profile,
+                     "--port", str(free_port()), timeout=a.timeout)  # fmt: skip
+    if rc != 0:
+        raise SystemExit(f"cache.deepgemm failed ({rc}):\n{out[-3000:]}")
+    plan = {
+        "cold": (a.profile, "auto", lambda i: work / f"cold-{i}"),
+        "default": (a.profile, "on", lambda i: warm_root),
+        "kit": (a.profile, "auto", lambda i: warm_root),
+        "floor": (a.floor_profile, "auto", lambda i: floor_root),
+    }
+    results: dict[str, list[dict[str, float]]] = {s: [] for s in states}
+    for i in range(a.runs):
+        order = states[i % len(states) :] + states[: i % len(states)]
+        for state in order:
+            profile, precompile, root = plan[state]
+            r = one_start(env_for(root(i)), profile, precompile, a.timeout)
+            results[state].append(r)
+            print(f"run {i + 1}/{a.runs} {state}: ready {r['ready_s']:.1f} s, first token "
+                  f"{r['first_token_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    print(f"\n{'state':8} {'runs':>4} {'ready med':>10} {'ready max':>10} "
+          f"{'1st tok med':>12} {'1st tok max':>12} {'sweep skipped':>14}")  # fmt: skip
+    med = {}
+    for state in states:
+        rs = results[state]
+        ready = [r["ready_s"] for r in rs]
+        first = [r["first_token_s"] for r in rs]
+        med[state] = statistics.median(first)
+        skipped = sum(r["skipped_sweep"] for r in rs)
+        print(f"{state:8} {len(rs):>4} {statistics.median(ready):>9.1f}s {max(ready):>9.1f}s "
+              f"{med[state]:>11.1f}s {max(first):>11.1f}s {skipped:>10}/{len(rs)}")  # fmt: skip
+    if "kit" in med and "floor" in med and med["floor"] > 0:
+        ratio = med["kit"] / med["floor"]
+        print(f"\nkit / floor (median to first token): {ratio:.2f}x "
+              f"(goal <= 1.10x: {'met' if ratio <= 1.10 else 'missed'})")  # fmt: skip
+    print(f"\nrerun: python3 benchmarks/serve_start.py {shlex.join(argv or sys.argv[1:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
