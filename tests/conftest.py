@@ -130,3 +130,19 @@ def wait_for():
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def _sigint_as_at_a_terminal() -> None:  # runs in the child between fork and exec
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_able():
+    """preexec_fn for a child that a test stops with SIGINT, as Ctrl-C at a terminal does.
+
+    A test run started in the background of a non-interactive shell (a CI script, nohup) has
+    SIGINT ignored, its children inherit that, and Python then installs no KeyboardInterrupt
+    handler: the child would never see the signal the test sends."""
+    return _sigint_as_at_a_terminal

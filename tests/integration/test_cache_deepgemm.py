@@ -193,12 +193,13 @@ def test_server_that_ignores_sigterm_is_killed(tmp_path, free_port, wait_for):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_stopping_the_warm_cleans_up_the_group(tmp_path, free_port, wait_for, sig):
+def test_stopping_the_warm_cleans_up_the_group(tmp_path, free_port, wait_for, sig, ctrl_c_able):
     profile = write_profile(tmp_path, free_port(), "hang")
     log = open(tmp_path / "out.txt", "w+")  # noqa: SIM115 (closed in finally, after the child)
     p = subprocess.Popen(
         [sys.executable, "-m", "sglkit.cache", "deepgemm", "--profile", str(profile), "--grace", "2"],
         cwd=REPO, env=env_for(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=ctrl_c_able,
     )  # fmt: skip
     try:
         wait_for(lambda: "hanging forever" in (tmp_path / "out.txt").read_text(), timeout=60,

@@ -256,10 +256,11 @@ def test_a_second_server_of_the_kit_is_refused(tmp_path, env, free_port, wait_fo
     assert_gone(pgid, wait_for)
 
 
-def test_ctrl_c_during_start(tmp_path, env, free_port, wait_for):
+def test_ctrl_c_during_start(tmp_path, env, free_port, wait_for, ctrl_c_able):
     prof = write_profile(tmp_path, free_port(), ready_after=60)
     p = subprocess.Popen([*INVOKE, "server.up", "-p", str(prof)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=ctrl_c_able)  # fmt: skip
     log = tmp_path / "state" / "servers" / "standin.log"
     wait_for(lambda: log.exists() and "serving on" in log.read_text(), timeout=SLOW,
              what="the stand-in to listen")  # fmt: skip
@@ -270,10 +271,13 @@ def test_ctrl_c_during_start(tmp_path, env, free_port, wait_for):
     assert_gone(pgid_of(out), wait_for)
 
 
-def test_foreground_server_stops_on_ctrl_c_with_status_0(tmp_path, env, free_port, wait_for):
+def test_foreground_server_stops_on_ctrl_c_with_status_0(
+    tmp_path, env, free_port, wait_for, ctrl_c_able
+):
     prof = write_profile(tmp_path, free_port())
     p = subprocess.Popen([*INVOKE, "server.up", "-p", str(prof)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=ctrl_c_able)  # fmt: skip
     state = tmp_path / "state" / "servers" / "standin.json"
     wait_for(state.exists, timeout=SLOW, what="the server to be ready")
     p.send_signal(signal.SIGINT)
