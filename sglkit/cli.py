@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from invoke import Task
 from invoke import task as _invoke_task
 from invoke.exceptions import Exit
 from invoke.parser import Argument
 
-from sglkit.errors import SglkitError
+from sglkit.errors import ConfigError, SglkitError
 
 # Short flags no task may take: `-h` is invoke's help, for every task.
 RESERVED_SHORT_FLAGS = frozenset("h")
 
 
 HELP_ARG = "help"
+
+# Help strings every concern's tasks share (one spelling of the default profile's rule)
+PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
+ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
+LOCK_TIMEOUT_HELP = "seconds to wait for another warm of the same folder (default 0: fail)"
 
 
 class SglkitTask(Task):
@@ -121,3 +127,15 @@ def table_console():
     from sglkit.console import out
 
     return out()
+
+
+def int_flag(value: Any, flag: str, minimum: int = 1) -> int:
+    """invoke hands over strings for flags without a typed default: an integer >= `minimum`, or a
+    ConfigError naming the flag."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: expected an integer, got {value!r}") from None
+    if v < minimum:
+        raise ConfigError(f"{flag}: must be >= {minimum} (got {v})")
+    return v
