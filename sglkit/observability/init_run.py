@@ -250,7 +250,7 @@ class InitRun:
         self.exposed = not is_loopback(self.bind)
         keep = tel["lifecycle_api"]
         self.lifecycle_api = (not self.exposed) if keep is None else bool(keep)
-        self.root = Path(o.root or tel["root"]).expanduser().absolute()
+        self.root = profiles.telemetry_root(self.profile, o.root)
         self.run_id = mf.check_run_id(o.run_id) if o.run_id else mf.new_run_id()
         self.run_dir = mf.run_dir(self.root, self.run_id)
         if self.run_dir.exists():

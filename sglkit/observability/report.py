@@ -29,6 +29,7 @@ from sglkit.fsutil import atomic_write_json, atomic_write_text
 from sglkit.observability import report_queries as rq
 from sglkit.observability.report_prom import Prom, prometheus_for
 from sglkit.observability.report_stats import STATS, series_stats
+from sglkit.profile import telemetry_root
 
 SUMMARY_SCHEMA = 1
 DEFAULT_SCRAPE_INTERVAL_S = 15.0
@@ -67,12 +68,6 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def default_root() -> Path:
-    from sglkit.profile import load
-
-    return Path(load(None).telemetry["root"])
-
-
 def latest_run(root: Path) -> Path | None:
     mod = _manifest_module()
     if mod is not None and hasattr(mod, "latest_run_dir"):
@@ -93,7 +88,7 @@ def resolve_run(run: str | None, root: str | None, flag: str = "--run") -> Path:
             return as_path.resolve()
         if "/" in run or run in (".", ".."):
             raise ConfigError(f"{flag}: {run} is not a run folder (no manifest.json)")
-    root_path = Path(root).expanduser() if root else default_root()
+    root_path = telemetry_root(None, root)
     if run:
         d = root_path / "runs" / run
         if not (d / "manifest.json").is_file():
