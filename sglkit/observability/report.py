@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sglkit.cli import task
+from sglkit.cli import ROOT_HELP, task
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_json, atomic_write_text
 from sglkit.observability import report_queries as rq
@@ -543,7 +543,7 @@ def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list
 @task(
     help={
         "run": "run id under <root>/runs, or a run folder (default: the latest run)",
-        "root": "telemetry root (default: the profile's telemetry.root)",
+        "root": ROOT_HELP,
         "out": "output folder (default: <run>/report; replaced as a whole)",
     }
 )
@@ -572,7 +572,7 @@ def report(c, run=None, root=None, out=None):
     help={
         "run_a": "run id, run folder or summary.json (the baseline)",
         "run_b": "run id, run folder or summary.json",
-        "root": "telemetry root (default: the profile's telemetry.root)",
+        "root": ROOT_HELP,
     }
 )
 def compare(c, run_a, run_b, root=None):

@@ -8,13 +8,10 @@ from invoke import Collection
 from invoke.exceptions import Exit
 
 from sglkit import profile as profiles
-from sglkit.cli import task
+from sglkit.cli import PROFILE_HELP, ROOT_HELP, task
 from sglkit.console import echo
 from sglkit.errors import ConfigError
 from sglkit.observability.report import compare, report
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
-ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
 
 
 @task(

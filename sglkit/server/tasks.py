@@ -8,13 +8,11 @@ from invoke import Collection
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from sglkit.cli import task
+from sglkit.cli import PROFILE_HELP, task
 from sglkit.console import echo, out
 from sglkit.errors import ConfigError
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
 
 def _num(value, flag: str, kind=float, minimum: float = 0):
