@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from invoke import Task
@@ -129,13 +130,15 @@ def table_console():
     return out()
 
 
-def int_flag(value: Any, flag: str, minimum: int = 1) -> int:
-    """invoke hands over strings for flags without a typed default: an integer >= `minimum`, or a
-    ConfigError naming the flag."""
+def number_flag(value: Any, flag: str, kind: Callable[[Any], Any] = float, minimum: float = 0):
+    """invoke hands over strings for flags without a typed default: None stays None, else
+    `kind(value)` >= `minimum`, or a ConfigError naming the flag."""
+    if value is None:
+        return None
     try:
-        v = int(value)
+        number = kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected an integer, got {value!r}") from None
-    if v < minimum:
-        raise ConfigError(f"{flag}: must be >= {minimum} (got {v})")
-    return v
+        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{flag}: expected a number >= {minimum}, got {value!r}")
+    return number

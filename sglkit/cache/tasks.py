@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sglkit.cache import archive, deepgemm, store, triton_warm
 from sglkit.cache import status as cache_status
-from sglkit.cli import LOCK_TIMEOUT_HELP, PROFILE_HELP, table_console, task
+from sglkit.cli import LOCK_TIMEOUT_HELP, PROFILE_HELP, number_flag, table_console, task
 from sglkit.console import echo
 from sglkit.errors import ConfigError
 
@@ -50,8 +50,8 @@ def deepgemm_(
         model=model,
         context_length=context_length,
         launcher=launcher,
-        port=_number(port, "--port", int),
-        timeout=_number(timeout, "--timeout", float),
+        port=number_flag(port, "--port", int),
+        timeout=number_flag(timeout, "--timeout", float),
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))
@@ -59,22 +59,9 @@ def deepgemm_(
     deepgemm.warm(
         pl,
         force=force,
-        lock_timeout=_number(lock_timeout, "--lock-timeout", float),
-        grace=_number(grace, "--grace", float),
+        lock_timeout=number_flag(lock_timeout, "--lock-timeout", float),
+        grace=number_flag(grace, "--grace", float),
     )
-
-
-def _number(value, flag, kind):
-    """invoke hands over strings for flags without a typed default: convert, or name the flag."""
-    if value is None:
-        return None
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{flag}: expected a number >= 0, got {value!r}")
-    return number
 
 
 @task(

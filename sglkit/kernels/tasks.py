@@ -11,7 +11,7 @@ from pathlib import Path
 from invoke import Collection
 
 from sglkit import profile as profiles
-from sglkit.cli import PROFILE_HELP, int_flag, task
+from sglkit.cli import PROFILE_HELP, number_flag, task
 from sglkit.console import echo
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.kernels import names, store, target
@@ -47,8 +47,8 @@ def name(
     """Print the config file name SGLang looks up (stdout: the name only)."""
     shape = moe_shape(
         model,
-        tp=int_flag(tp, "--tp"),
-        ep=int_flag(ep, "--ep"),
+        tp=number_flag(tp, "--tp", int, 1),
+        ep=number_flag(ep, "--ep", int, 1),
         dtype=dtype,
         per_channel_quant=True if per_channel_quant else None,
     )
@@ -238,7 +238,7 @@ def tune(
     p = profiles.load(profile)
     shape = target.profile_shape(p, dtype)
     bs = tuner.parse_batch_sizes(batch_sizes)
-    budget_n = int_flag(budget, "--budget") if budget is not None else None
+    budget_n = number_flag(budget, "--budget", int, 1)
     if down:
         raise ConfigError(
             "--down: sglkit.kernels.bench times both GEMMs together; no down-only bench yet"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sglkit import profile as profiles
-from sglkit.cli import int_flag
+from sglkit.cli import number_flag
 from sglkit.console import echo
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.kernels import names, store, target
@@ -53,7 +53,7 @@ def parse_batch_sizes(text: str | None) -> list[int]:
         part = part.strip()
         if not part:
             raise ConfigError(f"--batch-sizes: empty entry in {text!r}")
-        out.append(int_flag(part, "--batch-sizes"))
+        out.append(number_flag(part, "--batch-sizes", int, 1))
     return sorted(set(out))
 
 

@@ -8,23 +8,10 @@ from invoke import Collection
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from sglkit.cli import PROFILE_HELP, task
+from sglkit.cli import PROFILE_HELP, number_flag, task
 from sglkit.console import echo, out
-from sglkit.errors import ConfigError
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
-
-
-def _num(value, flag: str, kind=float, minimum: float = 0):
-    if value is None:
-        return None
-    try:
-        n = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
-    if n < minimum:
-        raise ConfigError(f"{flag}: expected a number >= {minimum}, got {value!r}")
-    return n
 
 
 @task(
@@ -45,13 +32,13 @@ def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
        skip_tokenizer_init=False, timeout=1800.0, grace=30.0, precompile="auto"):  # fmt: skip
     """Serve the profile with SGLang: its argv, caches, MoE configs, inside the live run."""
     overrides = Overrides(
-        port=_num(port, "--port", int, 1),
+        port=number_flag(port, "--port", int, 1),
         model_path=model,
         load_format=load_format,
         skip_tokenizer_init=bool(skip_tokenizer_init),
     )
-    serve.up(profile, overrides, detach=detach, timeout=_num(timeout, "--timeout"),
-             grace=_num(grace, "--grace"), precompile=precompile)  # fmt: skip
+    serve.up(profile, overrides, detach=detach, timeout=number_flag(timeout, "--timeout"),
+             grace=number_flag(grace, "--grace"), precompile=precompile)  # fmt: skip
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print one JSON object"})
@@ -76,7 +63,7 @@ def status(c, profile=None, json_=False):
 @task(help={"profile": PROFILE_HELP, "grace": "seconds before the group is killed (default 30)"})
 def down(c, profile=None, grace=30.0):
     """Stop the profile's server gracefully; no process of its group is left."""
-    echo(serve.down(profile, grace=_num(grace, "--grace")))
+    echo(serve.down(profile, grace=number_flag(grace, "--grace")))
 
 
 @task(help={"profile": PROFILE_HELP})
@@ -94,7 +81,7 @@ def flush_cache(c, profile=None):
 )
 def trace(c, profile=None, seconds=5.0, output=None):
     """Record a torch profiler trace of the server (/start_profile, /stop_profile)."""
-    folder, files = serve.trace(profile, _num(seconds, "--seconds"), output)
+    folder, files = serve.trace(profile, number_flag(seconds, "--seconds"), output)
     echo(f"trace: {folder}")
     for f in files:
         echo(f"  {f.name}  {f.stat().st_size} bytes")
@@ -116,11 +103,11 @@ def bench(c, profile=None, requests=64, concurrency=8, input_len=256, output_len
     """A short load of /generate with random input ids; throughput and latency percentiles."""
     st = serve.require(profile)
     spec = load.LoadSpec(
-        requests=_num(requests, "--requests", int, 1),
-        concurrency=_num(concurrency, "--concurrency", int, 1),
-        input_len=_num(input_len, "--input-len", int, 1),
-        output_len=_num(output_len, "--output-len", int, 1),
-        vocab=_num(vocab, "--vocab", int, 2),
+        requests=number_flag(requests, "--requests", int, 1),
+        concurrency=number_flag(concurrency, "--concurrency", int, 1),
+        input_len=number_flag(input_len, "--input-len", int, 1),
+        output_len=number_flag(output_len, "--output-len", int, 1),
+        vocab=number_flag(vocab, "--vocab", int, 2),
     )
 
     def progress(done: int, total: int) -> None:
