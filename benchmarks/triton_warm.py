@@ -1,6 +1,6 @@
 """First-call latency of SGLang's fused-MoE kernel set: cold Triton cache versus warm.
 
-Two fresh processes run `python -m sglkit.gpu.triton_warm` over the same plan: the first with an
+Two fresh processes run `python -m sglkit.cache.triton_warm` over the same plan: the first with an
 empty TRITON_CACHE_DIR (every variant compiles), the second with the cache the first filled
 (every variant loads). Each variant's time is its first forward (both GEMMs of the MoE layer,
 synchronized); the process wall time adds Python, torch, SGLang imports and the random weights.
@@ -30,7 +30,7 @@ def _run(args: list[str], cache: Path, out: Path) -> tuple[dict, float]:
     env = dict(os.environ)
     env["SGLKIT_TRITON_CACHE_DIR"] = str(cache)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "sglkit.gpu.triton_warm", *args, "--json", str(out), "--quiet"]
+    argv = [sys.executable, "-m", "sglkit.cache.triton_warm", *args, "--json", str(out), "--quiet"]
     start = time.perf_counter()
     p = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - start

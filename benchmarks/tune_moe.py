@@ -8,9 +8,9 @@ device tool; see docs/tuning-h200.md):
         [--budget SECONDS]
 
 Everything tuned comes from the kit: the shape from the profile's model config.json
-(sglkit.kernels.shapes via tasks.profile_shape), the candidates from sglkit.kernels.space (full
-space, pruned per batch size), the search from sglkit.kernels.tasks.run_tune (search.tune, the
-same call `invoke kernels.tune` makes), the file name from sglkit.kernels.names, the timing from
+(sglkit.kernels.target.profile_shape), the candidates from sglkit.kernels.space (full
+space, pruned per batch size), the search from sglkit.kernels.tune.run_tune (search.tune, the
+same call `invoke kernels.tune` makes), the file name from sglkit.kernels.target, the timing from
 sglkit.kernels.bench with its compile pool. The pool is started, and its workers waited for,
 before any timing; its start-up is reported on its own line.
 
@@ -47,12 +47,12 @@ EXHAUSTIVE_AT = "deepseek-v3-tp8:1,qwen3-30b-a3b-tp1:16,deepseek-v3-tp8:16"
 def model_shape(name: str):
     """(profile, MoEShape) for a benchmark model, through the kit's profile and shapes."""
     from sglkit import profile as profiles
-    from sglkit.kernels import tasks
+    from sglkit.kernels import target
 
     if name not in MODELS:
         raise SystemExit(f"--models: unknown model {name!r} (known: {', '.join(MODELS)})")
     p = profiles.load(MODELS[name])
-    return p, tasks.profile_shape(p)
+    return p, target.profile_shape(p)
 
 
 def parse_exhaustive(text: str, models: list[str]) -> list[tuple[str, int]]:
@@ -161,7 +161,7 @@ def run(args) -> int:
     import torch
     import triton
 
-    from sglkit.kernels import bench, moe_kernel, names, search, tasks
+    from sglkit.kernels import bench, moe_kernel, names, search, target, tune
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def run(args) -> int:
     models = [m for m in args.models.split(",") if m]
     shapes = {m: model_shape(m) for m in models}
     ex_at = parse_exhaustive(args.exhaustive_at, models)
-    batch_sizes = tasks.parse_batch_sizes(args.batch_sizes)
+    batch_sizes = tune.parse_batch_sizes(args.batch_sizes)
 
     t0 = time.perf_counter()
     pool = bench.CompilePool()
@@ -202,9 +202,7 @@ def run(args) -> int:
         measure = bench.make_measure(shape, pool=pool)
         measures[name] = measure
         dims = moe_kernel.dims_from(shape)
-        fname = names.config_file_name(
-            shape.E, shape.N, dev, shape.dtype, shape.block_shape, shape.per_channel_quant
-        )
+        fname = target.for_shape(shape, dev, triton.__version__).file_name
         m_rep = {"profile": p.name, "shape": shape.to_dict(), "file": fname, "rows": [],
                  "store": {}, "exhaustive": [], "tune_wall_s": None}  # fmt: skip
         rep.data["models"][name] = m_rep
@@ -237,7 +235,7 @@ def run(args) -> int:
             rep.save()
 
         t0 = time.perf_counter()
-        _, _, res = tasks.run_tune(
+        _, _, res = tune.run_tune(
             p,
             shape,
             batch_sizes,

@@ -9,13 +9,18 @@ from invoke import task as _invoke_task
 from invoke.exceptions import Exit
 from invoke.parser import Argument
 
-from sglkit.errors import SglkitError
+from sglkit.errors import ConfigError, SglkitError
 
 # Short flags no task may take: `-h` is invoke's help, for every task.
 RESERVED_SHORT_FLAGS = frozenset("h")
 
 
 HELP_ARG = "help"
+
+# Help strings every concern's tasks share (one spelling of the default profile's rule)
+PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
+ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
+LOCK_TIMEOUT_HELP = "seconds to wait for another warm of the same folder (default 0: fail)"
 
 
 class SglkitTask(Task):
@@ -127,7 +132,6 @@ def number(value, flag: str, kind=float, minimum: float = 0, default=None):
     """A flag's value as a number. Task flags default to None, never to a number: invoke casts a
     flag with a numeric default itself, and a bad value would end in its traceback. None gives
     `default`; anything else not a number >= `minimum` is a ConfigError naming the flag."""
-    from sglkit.errors import ConfigError
 
     if value is None:
         return default

@@ -49,17 +49,6 @@ def spawn(
     )
 
 
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group exists (zombies of our own children excluded)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return bool(group_members(pgid))
-
-
 def group_members(pgid: int) -> list[int]:
     """Pids in process group `pgid` that are not zombies, read from /proc."""
     pids = []

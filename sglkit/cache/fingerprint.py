@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sglkit.gpu import nvml
+from sglkit import nvml
 from sglkit.profile import load_cache_layout
 from sglkit.server.spec import ServerSpec
 

@@ -5,23 +5,22 @@
     <cache.root>/.deepgemm.lock            flock held while warming, exporting or importing
 
 The lock lives beside the folder, not in it, so that an import can swap the folder by rename.
+It is sglkit.fsutil.locked (re-exported here): the kernels overlay, a folder under the same
+cache root, takes it too and sits on a lower floor than this package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sglkit.errors import ConfigError, SglkitError
+from sglkit.errors import ConfigError
 from sglkit.fsutil import atomic_write_json
+from sglkit.fsutil import locked as locked
 
 MARKER = ".sglkit-marker.json"
 
@@ -58,53 +57,6 @@ def ensure_writable(folder: Path, field: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(f"{field}: cache folder {folder} is not writable ({reason})") from None
-
-
-def lock_path(folder: Path) -> Path:
-    return folder.parent / f".{folder.name}.lock"
-
-
-@contextlib.contextmanager
-def locked(folder: Path, wait: float = 0.0, what: str = "warm") -> Iterator[None]:
-    """Hold the folder's lock; fail at once (or after `wait` s) naming the holder's pid."""
-    path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = _read_holder(path)
-                    raise SglkitError(
-                        f"cache folder {folder} is busy: {holder} holds {path}; "
-                        "wait for it or pass --lock-timeout SECONDS",
-                        exit_code=75,  # EX_TEMPFAIL
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} ({what})\n".encode())
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _read_holder(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
 
 
 def folder_stats(folder: Path) -> tuple[int, int, float | None]:

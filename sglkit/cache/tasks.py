@@ -1,4 +1,7 @@
-"""invoke cache.*: deepgemm, status, export, import (and triton, from sglkit.cache.triton)."""
+"""invoke cache.*: deepgemm, triton, status, export, import (flags in, lines out).
+
+The work: sglkit.cache.deepgemm, .triton_warm (also `python -m sglkit.cache.triton_warm`), .status,
+.archive; every cache folder's marker and lock: sglkit.cache.store."""
 
 from __future__ import annotations
 
@@ -7,13 +10,10 @@ import json
 from invoke import Collection
 from rich.table import Table
 
-from sglkit.cache import archive, deepgemm, store
+from sglkit.cache import archive, deepgemm, store, triton_warm
 from sglkit.cache import status as cache_status
-from sglkit.cache.triton import triton
-from sglkit.cli import number, table_console, task
+from sglkit.cli import LOCK_TIMEOUT_HELP, PROFILE_HELP, number, table_console, task
 from sglkit.console import echo
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
 
 @task(
@@ -26,7 +26,7 @@ PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PR
         "timeout": "seconds before giving up (default 3600)",
         "grace": "seconds between TERM and KILL when stopping the server (default 10)",
         "force": "warm again even when the completion marker matches",
-        "lock-timeout": "seconds to wait for another warm of the same folder (default 0: fail)",
+        "lock-timeout": LOCK_TIMEOUT_HELP,
         "dry-run": "print the argv, environment, folder and fingerprint as JSON; run nothing",
     }
 )
@@ -61,6 +61,29 @@ def deepgemm_(
         lock_timeout=number(lock_timeout, "--lock-timeout", float, default=0.0),
         grace=number(grace, "--grace", float, default=10.0),
     )
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "config-file": "warm this tuned config file instead of the one SGLang would look up",
+        "max-tokens": "largest batch to plan for (default: the profile's chunked_prefill_size)",
+        "device-name": "GPU name for the config file name (default: this GPU's)",
+        "json": "also write per-variant first-call times here",
+        "lock-timeout": LOCK_TIMEOUT_HELP,
+        "keys-only": "one variant per config at its own batch size (quicker, partial)",
+    }
+)
+def triton(c, profile=None, config_file=None, max_tokens=None, device_name=None, json=None,
+           lock_timeout=None, keys_only=False):  # fmt: skip
+    """Compile the profile's tuned fused-MoE kernels into TRITON_CACHE_DIR (needs a GPU)."""
+    max_tokens = number(max_tokens, "--max-tokens", int, 1)
+    wait = number(lock_timeout, "--lock-timeout", float, default=0.0)
+    s = triton_warm.run(
+        profile, config_file, max_tokens, json, device_name, lock_timeout=wait, keys_only=keys_only
+    )
+    echo(f"warm: {len(s['items'])} kernel variants in {s['triton_cache_dir']} "
+          f"(first calls {s['total_first_call_s']:.1f}s)")  # fmt: skip
 
 
 @task(help={"profile": PROFILE_HELP, "json": "print JSON instead of a table"})

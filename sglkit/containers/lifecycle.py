@@ -20,7 +20,7 @@ from sglkit import manifest as manifests
 from sglkit import net
 from sglkit.containers import engine, render
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.profile import Profile
+from sglkit.profile import Profile, telemetry_root
 
 NVIDIA_HINT = (
     "install the NVIDIA Container Toolkit on the host and register it with Docker "
@@ -74,7 +74,7 @@ def host_dirs(profile: Profile) -> dict[str, Path]:
     return {
         "models": Path(models).expanduser(),
         "cache": profile.cache_root(),
-        "telemetry": Path(profile.telemetry["root"]),
+        "telemetry": telemetry_root(profile),
         "profiles": profile.path.resolve().parent,
     }
 

@@ -11,7 +11,7 @@ from invoke import Collection
 from sglkit import logs as kitlogs
 from sglkit import manifest as manifests
 from sglkit import profile as profiles
-from sglkit.cli import number, task
+from sglkit.cli import PROFILE_HELP, number, task
 from sglkit.console import echo
 from sglkit.containers import base as base_mod
 from sglkit.containers import build as build_mod
@@ -19,7 +19,6 @@ from sglkit.containers import devcontainer as devc
 from sglkit.containers import engine, lifecycle, render
 from sglkit.errors import ConfigError, SglkitError
 
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 NAME_HELP = "container name (default: the profile's container.name)"
 
 

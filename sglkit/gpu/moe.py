@@ -97,6 +97,7 @@ def check_moe_kernel(ctx: Context) -> None:
 
 
 TUNE_BATCHES = (1, 16)
+TUNE_PROFILE = "qwen3-30b-a3b-gh200"  # Qwen3-30B-A3B at TP=1 (bf16): the first of SMOKE_SHAPES
 
 
 def tiny_space(default: dict) -> list[dict]:
@@ -117,24 +118,23 @@ def check_tuner(ctx: Context) -> None:
     cuda()
     bench = _kernel_modules()
     try:
-        from sglkit.kernels import names, search, shapes
+        from sglkit.kernels import names, search, target
     except Exception as e:
         raise Skip(
-            f"the tuner (sglkit.kernels.search, names, shapes) does not import ({e})"
+            f"the tuner (sglkit.kernels.search, names, target) does not import ({e})"
         ) from None
     import triton
 
-    from sglkit import paths
+    from sglkit import profile as profiles
 
-    config = paths.asset("profiles", "models", "Qwen3-30B-A3B", "config.json")
-    shape = shapes.moe_shape(config, tp=1)
-    device = names.device_name()
-    expected = names.config_file_name(
-        shape.E, shape.N, device, shape.dtype, shape.block_shape, shape.per_channel_quant
-    )
-    measure = bench.make_measure(shape, reps=5, sets=2)
     with tempfile.TemporaryDirectory(prefix="sglkit-tune-") as tmp:
         store = Path(tmp)
+        # the Qwen3-30B-A3B TP=1 profile's target on this GPU, in a temporary store
+        kt = target.kernel_target(
+            profiles.load(TUNE_PROFILE), names.device_name(), triton.__version__, store_root=store
+        )
+        shape, expected = kt.shape, kt.file_name
+        measure = bench.make_measure(shape, reps=5, sets=2)
         results = search.tune(
             TUNE_BATCHES,
             lambda M: tiny_space(bench.default_config(shape, M)),
@@ -143,7 +143,7 @@ def check_tuner(ctx: Context) -> None:
             budget=3,
             default_config=lambda M: bench.default_config(shape, M),
         )
-        out = store / "configs" / names.triton_dir_name(triton.__version__) / expected
+        out = kt.path
         from sglkit.fsutil import atomic_write_json
 
         atomic_write_json(out, search.configs_json(results))

@@ -32,8 +32,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sglkit import nvml
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.gpu import nvml
 
 # dtype flag values we accept -> SGLang's config dtype string (None: not in the name)
 DTYPES: dict[str, str | None] = {

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from sglkit.errors import SglkitError
-from sglkit.fsutil import atomic_symlink
+from sglkit.fsutil import atomic_symlink, locked
 from sglkit.kernels import store
 from sglkit.kernels.names import Rule, triton_dir_name
 
@@ -191,8 +191,6 @@ def build(
 
     Unchanged content is left in place. A `dest` that exists and is not such a symlink is
     refused, never replaced."""
-    from sglkit.cache.store import locked
-
     dest = Path(dest)
     entries = plan(store_root, sglang_dir)
     if dest.exists() and not dest.is_symlink():

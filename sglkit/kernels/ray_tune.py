@@ -10,7 +10,7 @@ once. A task whose worker dies (killed, node lost) is retried by Ray (`max_retri
 batch size is redone, from the measurements the state held when it was submitted.
 
 `measure_factory()` runs on the worker and returns `measure(config, M)`; it must be picklable
-(a module-level function or an object such as sglkit.kernels.tasks.MeasureFactory).
+(a module-level function or an object such as sglkit.kernels.tune.MeasureFactory).
 """
 
 from __future__ import annotations

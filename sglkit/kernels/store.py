@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sglkit import paths
-from sglkit.errors import ConfigError, SglkitError
+from sglkit.errors import SglkitError
 from sglkit.fsutil import atomic_write_text
 from sglkit.kernels.names import (
     FIXED_FALLBACK_TRITON,
@@ -270,10 +270,3 @@ def migrate(store_root: Path | None = None, dry_run: bool = False) -> list[tuple
             else:
                 os.replace(old, new)
     return plan
-
-
-def ensure_layout(store_root: Path | None = None) -> None:
-    """configs/ must exist: SGLang 0.5.12+ lists it whenever a file is missing."""
-    d = configs_dir(store_root)
-    if not d.is_dir():
-        raise ConfigError(f"{d}: the store's configs/ folder is missing")

@@ -37,7 +37,7 @@ import requests
 import sglkit
 from sglkit import manifest as mf
 from sglkit import profile as profiles
-from sglkit.cli import main_guard
+from sglkit.cli import ROOT_HELP, main_guard
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_text
 from sglkit.net import free_port, port_in_use
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> Options:
         description="Start a per-run telemetry stack and supervise it until SIGTERM/SIGINT.",
     )
     ap.add_argument("--profile", help="profile name or YAML path (default: $SGLKIT_PROFILE)")
-    ap.add_argument("--root", help="telemetry root (default: the profile's telemetry.root)")
+    ap.add_argument("--root", help=ROOT_HELP)
     ap.add_argument("--run-id", help="run id (default: a new one); an existing id is refused")
     ap.add_argument("--bind", help="listen address (default: the profile's telemetry.bind)")
     ap.add_argument("--ports", help="'auto': free ports on the bind address (default: profile)")
@@ -250,7 +250,7 @@ class InitRun:
         self.exposed = not is_loopback(self.bind)
         keep = tel["lifecycle_api"]
         self.lifecycle_api = (not self.exposed) if keep is None else bool(keep)
-        self.root = Path(o.root or tel["root"]).expanduser().absolute()
+        self.root = profiles.telemetry_root(self.profile, o.root)
         self.run_id = mf.check_run_id(o.run_id) if o.run_id else mf.new_run_id()
         self.run_dir = mf.run_dir(self.root, self.run_id)
         if self.run_dir.exists():

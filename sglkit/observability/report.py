@@ -23,12 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sglkit.cli import task
+from sglkit import manifest as mf
+from sglkit.cli import ROOT_HELP, task
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_json, atomic_write_text
 from sglkit.observability import report_queries as rq
 from sglkit.observability.report_prom import Prom, prometheus_for
 from sglkit.observability.report_stats import STATS, series_stats
+from sglkit.profile import telemetry_root
 
 SUMMARY_SCHEMA = 1
 DEFAULT_SCRAPE_INTERVAL_S = 15.0
@@ -42,68 +44,39 @@ Log = Callable[[str], None]
 # ---- finding the run -------------------------------------------------------------------------
 
 
-def _manifest_module():
-    try:
-        from sglkit import manifest
-    except ImportError:  # the observability concern's module has not landed in this tree
-        return None
-    return manifest
-
-
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "manifest.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--run: {run_dir} has no manifest.json (not a run folder)") from None
-    except (OSError, ValueError) as e:
-        raise SglkitError(f"{p}: unreadable manifest: {e}") from None
+    """The run's manifest (sglkit.manifest.read), settled: a live status whose init-run is gone
+    reads `abandoned`; a folder without one is a ConfigError naming --run."""
+    if not (run_dir / mf.MANIFEST).exists():
+        raise ConfigError(f"--run: {run_dir} has no manifest.json (not a run folder)")
+    data = mf.read(run_dir)
     if not isinstance(data, dict) or "run_id" not in data:
-        raise SglkitError(f"{p}: not a run manifest (no run_id)")
-    if data.get("status") in ("starting", "ready", "degraded"):
-        from sglkit import manifest as mf
-
+        raise SglkitError(f"{run_dir / mf.MANIFEST}: not a run manifest (no run_id)")
+    if data.get("status") in mf.LIVE_STATUSES:
         data = mf.settle(run_dir, by="obs.report")  # an init-run that is gone: abandoned
     return data
-
-
-def default_root() -> Path:
-    from sglkit.profile import load
-
-    return Path(load(None).telemetry["root"])
-
-
-def latest_run(root: Path) -> Path | None:
-    mod = _manifest_module()
-    if mod is not None and hasattr(mod, "latest_run_dir"):
-        return mod.latest_run_dir(root)
-    link = root / "latest"
-    if link.is_symlink() and (link.resolve() / "manifest.json").is_file():
-        return link.resolve()
-    runs = root / "runs"
-    found = [d for d in runs.iterdir() if (d / "manifest.json").is_file()] if runs.is_dir() else []
-    return max(found, key=lambda d: (d / "manifest.json").stat().st_mtime) if found else None
 
 
 def resolve_run(run: str | None, root: str | None, flag: str = "--run") -> Path:
     """A run folder from a run id (under <root>/runs), a path to one, or the latest run."""
     if run:
         as_path = Path(run).expanduser()
-        if (as_path / "manifest.json").is_file():
+        if (as_path / mf.MANIFEST).is_file():
             return as_path.resolve()
         if "/" in run or run in (".", ".."):
             raise ConfigError(f"{flag}: {run} is not a run folder (no manifest.json)")
-    root_path = Path(root).expanduser() if root else default_root()
+    root_path = telemetry_root(None, root)
+    runs = mf.runs_dir(root_path)
     if run:
-        d = root_path / "runs" / run
-        if not (d / "manifest.json").is_file():
-            raise ConfigError(f"{flag}: no run {run!r} under {root_path / 'runs'}")
+        d = runs / run
+        if not (d / mf.MANIFEST).is_file():
+            raise ConfigError(f"{flag}: no run {run!r} under {runs}")
         return d.resolve()
     if not root_path.is_dir():
         raise ConfigError(f"--root: {root_path} does not exist (no telemetry runs there)")
-    found = latest_run(root_path)
+    found = mf.latest_run_dir(root_path)
     if found is None:
-        raise ConfigError(f"--root: no run with a manifest.json under {root_path / 'runs'}")
+        raise ConfigError(f"--root: no run with a manifest.json under {runs}")
     return Path(found).resolve()
 
 
@@ -548,7 +521,7 @@ def print_compare(a: dict[str, Any], b: dict[str, Any], *, console=None) -> list
 @task(
     help={
         "run": "run id under <root>/runs, or a run folder (default: the latest run)",
-        "root": "telemetry root (default: the profile's telemetry.root)",
+        "root": ROOT_HELP,
         "out": "output folder (default: <run>/report; replaced as a whole)",
     }
 )
@@ -577,7 +550,7 @@ def report(c, run=None, root=None, out=None):
     help={
         "run_a": "run id, run folder or summary.json (the baseline)",
         "run_b": "run id, run folder or summary.json",
-        "root": "telemetry root (default: the profile's telemetry.root)",
+        "root": ROOT_HELP,
     }
 )
 def compare(c, run_a, run_b, root=None):

@@ -8,13 +8,10 @@ from invoke import Collection
 from invoke.exceptions import Exit
 
 from sglkit import profile as profiles
-from sglkit.cli import task
+from sglkit.cli import PROFILE_HELP, ROOT_HELP, task
 from sglkit.console import echo
 from sglkit.errors import ConfigError
 from sglkit.observability.report import compare, report
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
-ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
 
 
 @task(
@@ -46,10 +43,6 @@ def up(c, profile=None, root=None, run_id=None, bind=None, ports=None, server_me
         raise Exit(code=code)
 
 
-def _root(profile, root) -> Path:
-    return Path(root) if root else Path(profiles.load(profile).telemetry["root"])
-
-
 @task(help={"profile": PROFILE_HELP, "root": ROOT_HELP, "json": "print one JSON object"})
 def status(c, profile=None, root=None, json_=False):
     """The latest run's services and Prometheus targets; exits 1 when a target is down."""
@@ -57,7 +50,7 @@ def status(c, profile=None, root=None, json_=False):
 
     from sglkit.observability import status as st
 
-    result = st.collect(_root(profile, root))
+    result = st.collect(profiles.telemetry_root(profile, root))
     problems = st.problems(result)
     if json_:
         echo(_json.dumps({**result, "problems": problems}, indent=2))

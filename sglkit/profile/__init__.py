@@ -166,6 +166,17 @@ def load(name_or_path: str | os.PathLike | None = None) -> Profile:
     return Profile(path=path, data=data)
 
 
+def telemetry_root(
+    profile: Profile | str | os.PathLike | None = None, root: str | os.PathLike | None = None
+) -> Path:
+    """The telemetry root: `root` (a --root flag) where given, else the profile's telemetry.root
+    (the profile is loaded only then); ~ expanded and made absolute, not resolved (a symlinked
+    root keeps its name). The one resolution obs.*, init-run, server.up and container.up use."""
+    if not root:
+        root = (profile if isinstance(profile, Profile) else load(profile)).telemetry["root"]
+    return Path(root).expanduser().absolute()
+
+
 def redact_env(env: dict[str, str]) -> dict[str, str]:
     return {k: (REDACTED if SECRET_NAME.search(k) else v) for k, v in env.items()}
 

@@ -255,8 +255,6 @@ def mounts(v: Any) -> list[dict[str, Any]]:
     return out
 
 
-_TELEMETRY_ROOT = "${SGLKIT_TELEMETRY_ROOT:-~/.local/share/sglkit/telemetry}"
-
 SCHEMA = Section(
     {
         "name": F(optional(string)),

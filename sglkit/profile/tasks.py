@@ -8,14 +8,12 @@ import yaml
 from invoke import Collection
 
 from sglkit import profile as profiles
-from sglkit.cli import task
+from sglkit.cli import PROFILE_HELP, task
 from sglkit.console import echo
 from sglkit.profile.check import check as check_profile
 from sglkit.server import parse
 from sglkit.server import spec as server_spec
 from sglkit.versions import SGLang
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
 
 @task(

@@ -59,7 +59,7 @@ def up(
     where cache.deepgemm's marker matches this server (sglkit.cache.deepgemm.precompile_plan)."""
     p = profiles.load(profile)
     rep = reporter or Reporter("server.up", echo=not detach)
-    live = telemetry.live_run(p.telemetry["root"])
+    live = telemetry.live_run(profiles.telemetry_root(p))
     endpoint = tracing.endpoint(p, live[1]) if live else None
     if endpoint and not overrides.tracing_endpoint:
         overrides = dataclasses.replace(overrides, tracing_endpoint=endpoint)

@@ -8,12 +8,10 @@ from invoke import Collection
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from sglkit.cli import number, task
+from sglkit.cli import PROFILE_HELP, number, task
 from sglkit.console import echo, out
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
-
-PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 
 
 @task(

@@ -180,7 +180,8 @@ def test_ray_resumes_an_interrupted_one_worker_run(cluster, tmp_path):
 
 def test_run_tune_on_ray_writes_the_store_file(cluster, tmp_path):
     """kernels.tune --ray's core with CPU workers: the same store file as the serial run."""
-    from sglkit.kernels.tasks import profile_shape, run_tune
+    from sglkit.kernels.target import profile_shape
+    from sglkit.kernels.tune import run_tune
     from tests.unit.test_kernels_tune import make_profile, stand_in_cost
 
     p = make_profile(tmp_path)

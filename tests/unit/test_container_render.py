@@ -129,14 +129,21 @@ def test_layer_order_keeps_code_changes_off_the_apt_layer(rendered):
     assert idx["apt"] < idx["deps"] < idx["code"]
 
 
-def test_cache_environment_points_into_the_cache_mount(rendered):
-    env = render.container_env()
-    layout = profiles.load_cache_layout()
-    for kind in layout.values():
-        for var in kind["env"]:
-            assert env[var] == f"/cache/{kind['dir']}"
-            assert f"{var}=/cache/{kind['dir']}" in rendered["cpu"]
-    assert env["SGLKIT_TELEMETRY_ROOT"] == "/telemetry"
+def test_the_image_environment_agrees_with_the_kit_inside_the_container(rendered, monkeypatch):
+    """A server started by hand in the container (the image's environment) and one the kit starts
+    there (Profile.environment, the profile loaded under the image's SGLKIT_* roots) use the
+    same cache folders and the same telemetry root; the Dockerfile carries that environment."""
+    image = render.container_env()
+    for name, value in image.items():
+        assert f"{name}={value}" in rendered["cpu"]
+        if name.startswith("SGLKIT_"):
+            monkeypatch.setenv(name, value)
+    p = profiles.load("cpu-dev")
+    cache_vars = {v for kind in profiles.load_cache_layout().values() for v in kind["env"]}
+    kit = {k: v for k, v in p.environment().items() if k in cache_vars}
+    assert kit
+    assert kit == {k: image[k] for k in kit}
+    assert profiles.telemetry_root(p) == Path(image["SGLKIT_TELEMETRY_ROOT"])
 
 
 def test_entrypoint_is_init_run(rendered):

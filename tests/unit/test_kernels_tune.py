@@ -8,7 +8,8 @@ import json
 from sglkit import profile as profiles
 from sglkit.kernels import names, search, store
 from sglkit.kernels import space as sp
-from sglkit.kernels.tasks import profile_shape, run_tune
+from sglkit.kernels.target import profile_shape
+from sglkit.kernels.tune import run_tune
 from sglkit.paths import asset
 
 BS = [1, 16, 256]

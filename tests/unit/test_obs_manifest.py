@@ -139,10 +139,24 @@ def test_meta_env_is_what_a_real_shell_reads(tmp_path):
     assert mf.read_meta_env(path) == mf.meta_env(m)
 
 
-def test_meta_env_has_no_secret_looking_keys(tmp_path):
+def test_a_secret_never_reaches_the_meta_env_file(tmp_path, monkeypatch):
+    """Secrets in the caller's environment, or wherever a manifest might carry one, stay out of
+    container_run_meta.env (a file every shell in the container sources)."""
+    from sglkit.profile import SECRET_NAME
+
+    secret = "hf_do_not_leak_0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("SGLKIT_API_KEY", secret)
     d = mf.create_run_dir(tmp_path, "r1")
-    keys = mf.meta_env(sample(d))
-    assert not [k for k in keys if re.search(r"TOKEN|SECRET|PASSWORD|_KEY$", k)]
+    m = sample(d)
+    m["env"] = {"HF_TOKEN": secret}
+    m["profile"]["env"] = {"OPENAI_API_KEY": secret}
+    m["services"]["prometheus"]["basic_auth_password"] = secret
+    path = mf.write_meta_env(tmp_path, m)
+    assert secret not in path.read_text(encoding="utf-8")
+    shell = mf.read_meta_env(path)
+    assert shell["SGLKIT_RUN_ID"] == "r1"
+    assert not [k for k in shell if SECRET_NAME.search(k)]
 
 
 def test_a_run_in_another_network_namespace_is_reached_on_its_published_host_ports():

@@ -188,3 +188,25 @@ def test_cli_show_redacts_secrets_from_environment():
     data = json.loads(j.stdout)
     assert data["env"]["X_SECRET"] == "<redacted>"
     assert data["argv"][:3] == ["python3", "-m", "sglang.launch_server"]
+
+
+def test_telemetry_root_is_resolved_once_for_every_reader(tmp_path, monkeypatch):
+    """--root where given, else the profile's telemetry.root: ~ expanded, made absolute; obs.*,
+    obs.report, init-run and container.up's mounts all read it through telemetry_root."""
+    from sglkit.containers import lifecycle
+    from sglkit.observability import report
+    from sglkit.profile import telemetry_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SGLKIT_TELEMETRY_ROOT", "rel/telemetry")
+    p = profiles.load("cpu-dev")
+    assert telemetry_root(p) == tmp_path / "rel" / "telemetry"
+    assert telemetry_root("cpu-dev") == telemetry_root(None) == telemetry_root(p)
+    assert telemetry_root(p, "~/runs") == Path.home() / "runs"
+    assert telemetry_root("no-such-profile", "elsewhere") == tmp_path / "elsewhere"  # not loaded
+    assert lifecycle.host_dirs(p)["telemetry"] == telemetry_root(p)
+    run = tmp_path / "rel" / "telemetry" / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text('{"run_id": "r1", "status": "stopped"}')
+    assert report.resolve_run("r1", None) == run
+    assert report.resolve_run(None, None) == run

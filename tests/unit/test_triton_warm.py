@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from sglkit.errors import ConfigError
-from sglkit.gpu.triton_warm import (
+from sglkit.cache.triton_warm import (
     load_configs,
     max_padded_tokens,
     nearest_key,
     plan,
     specialization,
 )
+from sglkit.errors import ConfigError
 
 
 def _cfg(bm, bn=64, bk=64, g=1, w=4, s=3):
@@ -112,7 +112,7 @@ DSV3_GH200 = "E=257,N=256,device_name=NVIDIA_GH200_480GB,dtype=fp8_w8a8,block_sh
 
 def test_locate_finds_the_file_sglang_would_load(tmp_path):
     from sglkit import profile as profiles
-    from sglkit.gpu.triton_warm import locate
+    from sglkit.cache.triton_warm import locate
 
     prof = profiles.load("qwen3-30b-a3b-gh200")
     (tmp_path / "configs").mkdir()
@@ -129,7 +129,7 @@ def test_locate_finds_the_file_sglang_would_load(tmp_path):
 
 def test_locate_names_the_fp8_block_file_for_deepseek(tmp_path):
     from sglkit import profile as profiles
-    from sglkit.gpu.triton_warm import locate
+    from sglkit.cache.triton_warm import locate
 
     prof = profiles.load("deepseek-v3-gh200")
     f = _store_file(tmp_path, "triton_3_6_0", DSV3_GH200)
@@ -142,7 +142,7 @@ def test_locate_names_the_fp8_block_file_for_deepseek(tmp_path):
 
 def test_locate_refuses_a_missing_config_file(tmp_path):
     from sglkit import profile as profiles
-    from sglkit.gpu.triton_warm import locate
+    from sglkit.cache.triton_warm import locate
 
     prof = profiles.load("qwen3-30b-a3b-gh200")
     with pytest.raises(ConfigError, match=r"^--config-file: .*nope.json: no such file$"):

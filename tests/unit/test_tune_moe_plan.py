@@ -14,7 +14,7 @@ from sglkit import profile as profiles
 from sglkit.kernels import names, search
 from sglkit.kernels import space as sp
 from sglkit.kernels.shapes import moe_shape
-from sglkit.kernels.tasks import run_tune
+from sglkit.kernels.tune import run_tune
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,8 @@
-"""GPU 0 as NVML names it: the one reading shared by kernel file names and cache fingerprints."""
+"""GPU 0 as NVML names it: the one reading shared by kernel file names and cache fingerprints.
+
+A base module (no sglkit imports): kernels and cache read the GPU through it, so neither
+imports from sglkit.gpu, the smoke test's package on the top floor.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ specialization), and `warm()` runs the real kernel (both GEMMs of the MoE layer)
 so the server's first requests find every binary in the cache. Pure parts (lookup, plan) run
 without a GPU; `warm()` needs torch, Triton and the SGLang wheel.
 
-`python -m sglkit.gpu.triton_warm --profile P [--config-file F] [--json OUT]` runs it in a fresh
+`python -m sglkit.cache.triton_warm --profile P [--config-file F] [--json OUT]` runs it in a fresh
 process (what `invoke cache.triton` and benchmarks/triton_warm.py use).
 """
 
@@ -179,15 +179,10 @@ def locate(prof, device: str, triton_version: str, config_file: str | None = Non
     `triton_version` would load through SGLANG_MOE_CONFIG_DIR (the overlay of the kit's store,
     `store_root` or kernels/, over SGLang's shipped configs: `sglang_dir`, a configs folder or
     None, default the installed SGLang's); no GPU needed."""
-    from sglkit.kernels import names, overlay, shapes
+    from sglkit.kernels import overlay, target
 
-    cfg = prof.model_config_path()
-    if cfg is None:
-        raise ConfigError(f"{prof.path}: model.config: needed to derive the MoE shape")
-    shape = shapes.moe_shape(cfg, tp=prof.server["tp"], ep=prof.server.get("ep") or 1)
-    file_name = names.config_file_name(
-        shape.E, shape.N, device, shape.dtype, shape.block_shape, shape.per_channel_quant
-    )
+    kt = target.kernel_target(prof, device, triton_version, store_root=store_root)
+    shape, file_name = kt.shape, kt.file_name
     limit = int(max_tokens or prof.server.get("chunked_prefill_size") or DEFAULT_MAX_TOKENS)
     if config_file:
         if not Path(config_file).is_file():
@@ -197,9 +192,9 @@ def locate(prof, device: str, triton_version: str, config_file: str | None = Non
     (found,) = overlay.replay(
         [file_name],
         triton_version,
-        names.rule_for(None),
+        kt.rule,
         Path(prof.environment()["SGLANG_MOE_CONFIG_DIR"]),
-        store_root,
+        kt.store_root,
         overlay.INSTALLED if sglang_dir == "installed" else sglang_dir,
     )
     if found.lookup.status == "error":
@@ -394,7 +389,7 @@ def _warm_with_progress(target: Target, dims, items: list[Item], quiet: bool) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sglkit.gpu.triton_warm", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sglkit.cache.triton_warm", description=__doc__)
     p.add_argument("--profile", default=None)
     p.add_argument("--config-file", default=None, help="warm this tuned file instead")
     p.add_argument(
@@ -425,14 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _guarded() -> int:
-    """main() with a SglkitError as one line and its exit status (no invoke needed here)."""
-    try:
-        return main()
-    except SglkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-
-
 if __name__ == "__main__":
-    sys.exit(_guarded())
+    from sglkit.cli import main_guard
+
+    sys.exit(main_guard(main)())
