@@ -220,7 +220,7 @@ class Server:
 
     # ---- start ------------------------------------------------------------------------------
     def check_port(self) -> None:
-        host = self.spec.url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+        host = self.spec.client_host
         if port_in_use(self.spec.port, host):
             raise ServerError(
                 f"server.port: {host}:{self.spec.port} is already in use; stop that server "
@@ -258,12 +258,12 @@ class Server:
     def check_child(self, deadline: float) -> None:
         rc = self.proc.poll()
         if rc is not None:
-            raise self.failure(
+            raise ServerError(
                 f"the server {describe_status(rc)} after {self.rep.elapsed():.1f} s",
                 EXIT_CHILD_FAILED,
             )
         if time.monotonic() >= deadline:
-            raise self.failure(
+            raise ServerError(
                 f"gave up at the deadline ({self.rep.elapsed():.1f} s, --timeout) while "
                 f"{self.rep.phase}",
                 EXIT_DEADLINE,
@@ -305,7 +305,7 @@ class Server:
                 r = self.session.get(f"{self.spec.url}{path}", timeout=30)
             except requests.RequestException as e:
                 self.check_child(deadline)
-                raise self.failure(f"{path} did not answer ({type(e).__name__})", 1) from None
+                raise ServerError(f"{path} did not answer ({type(e).__name__})", 1) from None
             if r.status_code == 404:
                 last = f"{path}: 404"
                 continue
@@ -314,16 +314,16 @@ class Server:
             except ValueError:
                 body = None
             if r.status_code != 200 or not isinstance(body, dict):
-                raise self.failure(f"{path} answered HTTP {r.status_code}", 1)
+                raise ServerError(f"{path} answered HTTP {r.status_code}", 1)
             return body
-        raise self.failure(f"no {name} endpoint ({last})", 1)
+        raise ServerError(f"no {name} endpoint ({last})", 1)
 
     def check_model(self, deadline: float) -> dict[str, Any]:
         """The port could belong to someone else's server: make sure it serves our model."""
         info = self.get_info("model_info", deadline)
         got = info.get("model_path")
         if got != self.spec.model_path:
-            raise self.failure(
+            raise ServerError(
                 f"{self.spec.url} serves model {got!r}, not {self.spec.model_path!r}", 1
             )
         self.model_info = info
@@ -356,9 +356,9 @@ class Server:
             while time.monotonic() < end and self.proc.poll() is None:
                 time.sleep(0.05)
             self.check_child(deadline)
-            raise self.failure(f"{path} failed ({box['error']})", 1)
+            raise ServerError(f"{path} failed ({box['error']})", 1)
         if box["status"] != 200:
-            raise self.failure(f"{path} got HTTP {box['status']}: {box['text'][:200]!r}", 1)
+            raise ServerError(f"{path} got HTTP {box['status']}: {box['text'][:200]!r}", 1)
         try:
             return json.loads(box["text"])
         except ValueError:
@@ -382,9 +382,6 @@ class Server:
         """Leave a detached server running: stop following its log."""
         if self.follower is not None:
             self.follower.finish()
-
-    def failure(self, message: str, exit_code: int) -> ServerError:
-        return ServerError(message, exit_code=exit_code)
 
     def report_tail(self) -> None:
         if self.follower is None:

@@ -8,7 +8,7 @@ come from sglkit.versions for the version the spec is built for (the installed o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sglkit.profile import Profile
@@ -111,9 +111,13 @@ class ServerSpec:
         return self.server["port"]
 
     @property
+    def client_host(self) -> str:
+        """The address a client on this machine uses (a wildcard bind is reached on loopback)."""
+        return LOOPBACK_FOR.get(self.host, self.host)
+
+    @property
     def url(self) -> str:
-        """The URL a client on this machine uses (a wildcard bind is reached on loopback)."""
-        host = LOOPBACK_FOR.get(self.host, self.host)
+        host = self.client_host
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def environment(self) -> dict[str, str]:
@@ -140,11 +144,6 @@ def build(
         overrides=o,
         sglang=sglang or SGLang.here(),
     )
-
-
-def with_overrides(spec: ServerSpec, **changes: Any) -> ServerSpec:
-    """The same profile and version with some overrides changed."""
-    return build(spec.profile, replace(spec.overrides, **changes), spec.sglang)
 
 
 def args_flags(args: dict[str, Any]) -> list[tuple[str, FlagValue]]:
