@@ -14,6 +14,7 @@ from sglkit.cache import archive, deepgemm, store, triton_warm
 from sglkit.cache import status as cache_status
 from sglkit.cli import LOCK_TIMEOUT_HELP, PROFILE_HELP, number, table_console, task
 from sglkit.console import echo
+from sglkit.errors import ConfigError
 
 
 @task(
@@ -77,8 +78,17 @@ def deepgemm_(
 def triton(c, profile=None, config_file=None, max_tokens=None, device_name=None, json=None,
            lock_timeout=None, keys_only=False):  # fmt: skip
     """Compile the profile's tuned fused-MoE kernels into TRITON_CACHE_DIR (needs a GPU)."""
-    max_tokens = number(max_tokens, "--max-tokens", int, 1)
-    wait = number(lock_timeout, "--lock-timeout", float, default=0.0)
+    if max_tokens is not None:
+        try:
+            max_tokens = int(max_tokens)
+        except ValueError:
+            raise ConfigError(f"--max-tokens: expected an integer, got {max_tokens!r}") from None
+        if max_tokens < 1:
+            raise ConfigError("--max-tokens: expected a positive integer")
+    try:
+        wait = float(lock_timeout or 0)
+    except ValueError:
+        raise ConfigError(f"--lock-timeout: expected seconds, got {lock_timeout!r}") from None
     s = triton_warm.run(
         profile, config_file, max_tokens, json, device_name, lock_timeout=wait, keys_only=keys_only
     )
