@@ -31,7 +31,9 @@ GPU_VARIANTS = ("gh200", "hopper-x86")
 # Upstream release versions baked into the GPU variants as build-arg defaults (override with
 # container.build --build-arg NAME=VALUE). Each tarball is verified in the RUN step against the
 # checksum file published with its release.
-RELEASE_VERSIONS = {"prometheus": "2.53.3", "node_exporter": "1.9.1", "jaeger": "1.65.0"}
+# The user's fork ran Prometheus 3.5.0 (the 3.5 LTS line) and Jaeger 1.73.0: the kit's scrape config
+# and flags are valid for 2.x and 3.x alike (docs/containers.md, "Prometheus 2.x and 3.x").
+RELEASE_VERSIONS = {"prometheus": "3.5.0", "node_exporter": "1.9.1", "jaeger": "1.73.0"}
 UV_VERSION = "0.13.9"
 SETUPTOOLS_VERSION = "84.2.1"  # the kit installs without build isolation
 

@@ -110,15 +110,14 @@ def plan(
     p.health_url = url(bind, p.port, "/-/ready")
     p.listens = [(p.port, "prometheus")]
     if binary:
-        p.argv = [
+        p.argv = prometheus_argv(
             binary,
-            f"--config.file={prometheus_config}",
-            f"--storage.tsdb.path={prometheus_data}",
-            f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address={_listen(bind, p.port)}",
-            *(["--web.enable-lifecycle"] if lifecycle_api else []),
-            "--log.level=info",
-        ]
+            config=prometheus_config,
+            data=prometheus_data,
+            retention=retention,
+            listen=_listen(bind, p.port),
+            lifecycle_api=lifecycle_api,
+        )
     else:
         p.unavailable = f"binary not found on PATH (looked for {', '.join(PROMETHEUS_NAMES)})"
     specs["prometheus"] = p
@@ -139,6 +138,31 @@ def plan(
     )
     specs["jaeger"] = _jaeger(bind, ports, which, jaeger_wanted)
     return specs
+
+
+def prometheus_argv(
+    binary: str,
+    *,
+    config: Path | str,
+    data: Path | str,
+    retention: str,
+    listen: str,
+    lifecycle_api: bool = False,
+    log_level: str | None = "info",
+) -> list[str]:
+    """The one Prometheus command line the kit uses (init-run's, and obs.report's temporary one).
+
+    Every flag here is accepted by 2.x (Debian's 2.42 here) and by 3.5 (the GPU images); a unit
+    test checks them against the 3.5 documentation (tests/data/prometheus_compat.yaml)."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address={listen}",
+        *(["--web.enable-lifecycle"] if lifecycle_api else []),
+        *([f"--log.level={log_level}"] if log_level else []),
+    ]
 
 
 def _listen(bind: str, port: int) -> str:
