@@ -34,6 +34,9 @@ GPU_VARIANTS = ("gh200", "hopper-x86")
 # The user's fork ran Prometheus 3.5.0 (the 3.5 LTS line) and Jaeger 1.73.0: the kit's scrape config
 # and flags are valid for 2.x and 3.x alike (docs/containers.md, "Prometheus 2.x and 3.x").
 RELEASE_VERSIONS = {"prometheus": "3.5.0", "node_exporter": "1.9.1", "jaeger": "1.73.0"}
+# Grafana OSS from Grafana's own apt repository (apt.grafana.com, signed by its gpg.key), GPU
+# variants only; "" installs the repository's newest.
+GRAFANA_VERSION = "12.1.1"
 UV_VERSION = "0.13.9"
 SETUPTOOLS_VERSION = "84.2.1"  # the kit installs without build isolation
 
@@ -114,6 +117,7 @@ def dockerfile(variant: str, base_image: str | None = None) -> str:
             uv_version=UV_VERSION,
             setuptools_version=SETUPTOOLS_VERSION,
             versions=RELEASE_VERSIONS,
+            grafana_version=GRAFANA_VERSION,
             apt_packages=COMMON_APT if gpu else [*COMMON_APT, *CPU_APT],
             mounts=list(MOUNT_POINTS.values()),
             kit_files=list(KIT_FILES),

@@ -310,6 +310,7 @@ SCHEMA = Section(
                         "gpu_exporter": F(port, default=9400),
                         "jaeger_ui": F(port, default=16686),
                         "jaeger_otlp": F(port, default=4317),
+                        "grafana": F(port, default=3000),
                     }
                 ),
             }

@@ -207,7 +207,7 @@ def test_plan_mounts_ports_env_and_labels(tmp_path):
         "--bind",
         "0.0.0.0",
         "--host-ports",
-        "4317=4317,9090=9090,9100=9100,9400=9400,16686=16686,30000=30000",
+        "3000=3000,4317=4317,9090=9090,9100=9100,9400=9400,16686=16686,30000=30000",
     ]
     assert plan.ports[9090] == 9090 and plan.ports[30000] == 30000
     assert plan.environment["HF_TOKEN"] == "hf-secret-value-123"
