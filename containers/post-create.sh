@@ -21,6 +21,8 @@ for var in SGLANG_DG_CACHE_DIR DG_JIT_CACHE_DIR TRITON_CACHE_DIR FLASHINFER_WORK
   dir="${!var:-}"
   [ -n "$dir" ] && mkdir -p "$dir"
 done
+# ~/.cache/flashinfer links into the cache mount: make sure it does not dangle
+if [ -L "$HOME/.cache/flashinfer" ]; then mkdir -p "$(readlink "$HOME/.cache/flashinfer")"; fi
 
 python3 -c 'import sglkit, sglkit.profile as p; pr = p.load(); print("post-create: profile", pr.name, "ok")'
 echo "post-create: telemetry runs in /telemetry/runs (latest: $(readlink /telemetry/latest 2>/dev/null || echo none))"

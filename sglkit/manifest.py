@@ -40,7 +40,7 @@ META_ENV = "container_run_meta.env"
 RUN_STATUSES = ("starting", "ready", "degraded", "stopped", "failed", "abandoned")
 LIVE_STATUSES = ("starting", "ready", "degraded")  # init-run is (or should be) running
 SERVICE_STATUSES = ("starting", "running", "restarting", "stopped", "failed", "absent")
-SERVICE_NAMES = ("prometheus", "node_exporter", "gpu_exporter", "jaeger")
+SERVICE_NAMES = ("prometheus", "node_exporter", "gpu_exporter", "jaeger", "grafana")
 # keys written into a live run's manifest by others than its init-run: the server serving in it
 RECORDED_KEYS = ("server",)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

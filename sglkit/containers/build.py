@@ -56,9 +56,16 @@ def parse_build_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str
     return out
 
 
-def build_args(variant: str, extra: dict[str, str] | None = None, base_image: str | None = None):
+def build_args(
+    variant: str,
+    extra: dict[str, str] | None = None,
+    base_image: str | None = None,
+    user: str | None = None,
+):
     uid, gid = dev_ids()
     args = {"DEV_UID": str(uid), "DEV_GID": str(gid)}
+    if user:
+        args["DEV_USER"] = user
     if base_image:
         args["BASE_IMAGE"] = base_image
     args.update(extra or {})
@@ -102,10 +109,11 @@ def build(
     labels: dict[str, str] | None = None,
     no_cache: bool = False,
     on_line: Callable[[str], None] = print,
+    user: str | None = None,
 ) -> Any:
     """Build `variant` as `tag`, calling on_line for each log line; return the image."""
     render.check_variant(variant)
-    args = build_args(variant, extra_args, base_image)
+    args = build_args(variant, extra_args, base_image, user)
     platform = render.PLATFORMS[variant][0]
     all_labels = {
         engine.LABEL: "image",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sglkit.profile import Profile
 def plan(profile: Profile, workspace: Path | None = None, gpus: bool | None = None) -> dict:
     """What devcontainer.json says: the same mounts, ports and environment as container.up."""
     gpus = profile.container["variant"] in render.GPU_VARIANTS if gpus is None else gpus
+    ws = (workspace or paths.home()).resolve()
     p = lifecycle.plan(profile, run_id="devcontainer", gpus=gpus)
     run_args = [f"--shm-size={p.shm_size}", "--label", "org.sglkit.managed=devcontainer"]
     for cport, hport in sorted(p.ports.items()):
@@ -30,27 +30,50 @@ def plan(profile: Profile, workspace: Path | None = None, gpus: bool | None = No
         "profile_name": profile.name,
         "variant": p.variant,
         "image": p.image,
-        "workspace": str((workspace or paths.home()).resolve()),
+        "user": profile.container["user"],
+        "workspace": str(ws),
         "mounts": p.mounts,
         "run_args": run_args,
         "environment": env,
-        # the storage step, on the host, before the container is created
-        # (PYTHONPATH: the kit's checkout, so that it runs where sglkit is not pip-installed)
+        # the storage step, on the host, before the container is created: `python3` found on
+        # PATH and paths under the opened folder as ${localWorkspaceFolder}, so the file works
+        # for anyone who opens the folder (not only for the interpreter that rendered it)
         "initialize": [
             "env",
-            f"PYTHONPATH={paths.home()}",
-            sys.executable,
+            f"PYTHONPATH={portable(paths.home(), ws)}",
+            "python3",
             "-m",
             "sglkit.containers",
             "storage",
             "--profile",
-            str(profile.path.resolve()),
+            portable(profile.path, ws),
         ],
     }
 
 
+WORKSPACE_VAR = "${localWorkspaceFolder}"
+
+
+def portable(path: Path, workspace: Path) -> str:
+    """`path` as devcontainer.json should name it: under the opened folder through
+    ${localWorkspaceFolder} (the CLI and VS Code substitute it), else absolute."""
+    path = Path(path).resolve()
+    try:
+        rel = path.relative_to(workspace)
+    except ValueError:
+        return str(path)
+    return WORKSPACE_VAR if rel == Path(".") else f"{WORKSPACE_VAR}/{rel.as_posix()}"
+
+
+def workspace_of(output: Path) -> Path:
+    """The folder a devcontainer.json serves: the parent of its `.devcontainer/` folder, else
+    the kit's checkout."""
+    out = Path(output).resolve()
+    return out.parent.parent if out.parent.name == ".devcontainer" else paths.home().resolve()
+
+
 def write(profile: Profile, output: Path, workspace: Path | None = None) -> Path:
-    text = render.devcontainer(plan(profile, workspace))
+    text = render.devcontainer(plan(profile, workspace or workspace_of(output)))
     return atomic_write_text(output, text)
 
 
@@ -75,7 +98,10 @@ def check(path: Path, workspace: Path | None = None) -> dict:
         raise SglkitError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:
         raise SglkitError(f"{path}: cannot read: {e.strerror or e}") from None
+    workspace = (workspace or workspace_of(path)).resolve()
     theirs = read_configuration(path, workspace)["configuration"]
+    # the CLI substitutes ${localWorkspaceFolder}: compare with what it should have made of it
+    ours = json.loads(json.dumps(ours).replace(WORKSPACE_VAR, str(workspace)))
     for key in CHECKED_KEYS:
         if key in ours and theirs.get(key) != ours[key]:
             raise SglkitError(
@@ -92,7 +118,7 @@ def read_configuration(path: Path, workspace: Path | None = None, timeout: float
         raise SglkitError(
             "--check: the devcontainer CLI is not installed (npm install -g @devcontainers/cli)"
         )
-    folder = (workspace or paths.home()).resolve()
+    folder = (workspace or workspace_of(path)).resolve()
     argv = [
         exe,
         "read-configuration",

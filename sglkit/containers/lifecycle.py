@@ -213,6 +213,28 @@ def prepare_storage(dirs: dict[str, Path], uid: int, gid: int) -> list[Path]:
         except OSError as e:
             raise SglkitError(f"container.storage: {d}: {e.strerror or e}") from None
         made.append(d)
+        if kind == "cache":
+            made += _link_targets(d, uid, gid)
+    return made
+
+
+def _link_targets(cache: Path, uid: int, gid: int) -> list[Path]:
+    """The cache folders the image's HOME links point at (~/.cache/flashinfer), so that no link
+    dangles in a fresh cache."""
+    prefix = render.MOUNT_POINTS["cache"] + "/"
+    made = []
+    for target in render.home_links().values():
+        d = cache / target.removeprefix(prefix)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            for q in [d, *d.parents]:
+                if q == cache:
+                    break
+                if (q.stat().st_uid, q.stat().st_gid) != (uid, gid):
+                    os.chown(q, uid, gid)
+        except OSError as e:
+            raise SglkitError(f"container.storage: {d}: {e.strerror or e}") from None
+        made.append(d)
     return made
 
 

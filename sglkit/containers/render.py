@@ -31,8 +31,12 @@ GPU_VARIANTS = ("gh200", "hopper-x86")
 # Upstream release versions baked into the GPU variants as build-arg defaults (override with
 # container.build --build-arg NAME=VALUE). Each tarball is verified in the RUN step against the
 # checksum file published with its release.
-RELEASE_VERSIONS = {"prometheus": "2.53.3", "node_exporter": "1.9.1", "jaeger": "1.65.0"}
-UV_VERSION = "0.13.9"
+# The user's fork ran Prometheus 3.5.0 (the 3.5 LTS line) and Jaeger 1.73.0: the kit's scrape config
+# and flags are valid for 2.x and 3.x alike (docs/containers.md, "Prometheus 2.x and 3.x").
+RELEASE_VERSIONS = {"prometheus": "3.5.0", "node_exporter": "1.9.1", "jaeger": "1.73.0"}
+# Grafana OSS from Grafana's own apt repository (apt.grafana.com, signed by its gpg.key), GPU
+# variants only; "" installs the repository's newest.
+GRAFANA_VERSION = "12.1.1"
 SETUPTOOLS_VERSION = "84.2.1"  # the kit installs without build isolation
 
 COMMON_APT = [
@@ -45,7 +49,11 @@ COMMON_APT = [
     "python3-venv",
     "sudo",
     "tini",
+    "zsh",
 ]
+# The image's Python tools beyond the kit's runtime: pyproject.toml's `devcontainer` extra
+# (uv, typer, ray as in the user's fork; nox and pytest for `nox -s gpu_smoke` in the image).
+IMAGE_EXTRA = "devcontainer"
 CPU_APT = ["prometheus", "prometheus-node-exporter"]
 
 # Where host storage appears inside the container.
@@ -56,9 +64,11 @@ MOUNT_POINTS = {
     "profiles": "/profiles",
 }
 
-# Files and folders of the kit copied into the image (relative to the kit's home).
-KIT_FILES = ("pyproject.toml", "README.md")
-KIT_DIRS = ("sglkit", "profiles", "containers", "observability", "kernels", "cache")
+# Files and folders of the kit copied into the image (relative to the kit's home). The tests and
+# the noxfile come along, so `nox -s gpu_smoke` runs in the image against the kit it holds
+# (docs/containers.md, "The GPU smoke test inside the container").
+KIT_FILES = ("pyproject.toml", "README.md", "noxfile.py", "tasks.py")
+KIT_DIRS = ("sglkit", "profiles", "containers", "observability", "kernels", "cache", "tests")
 
 
 def environment() -> SandboxedEnvironment:
@@ -92,9 +102,20 @@ def container_env() -> dict[str, str]:
     return env
 
 
+def home_links() -> dict[str, str]:
+    """Links in the dev user's HOME -> where they point under /cache (the user's fork had
+    FlashInfer's cache there). FlashInfer appends `.cache/flashinfer` to its
+    FLASHINFER_WORKSPACE_BASE, so the link and the variable name the same folder."""
+    from sglkit.profile import load_cache_layout
+
+    fi = load_cache_layout()["flashinfer"]["dir"]
+    return {".cache/flashinfer": f"{MOUNT_POINTS['cache']}/{fi}/.cache/flashinfer"}
+
+
 def dockerfile(variant: str, base_image: str | None = None) -> str:
     """The Dockerfile text of `variant` (base_image: the cpu variant's FROM default)."""
     from sglkit.containers.base import BASE_IMAGE
+    from sglkit.profile.schema import DEFAULT_USER
 
     check_variant(variant)
     platform, arch = PLATFORMS[variant]
@@ -109,9 +130,11 @@ def dockerfile(variant: str, base_image: str | None = None) -> str:
             platform=platform,
             arch=arch,
             base_image=base_image or BASE_IMAGE,
-            uv_version=UV_VERSION,
+            dev_user=DEFAULT_USER,
+            home_links=home_links(),
             setuptools_version=SETUPTOOLS_VERSION,
             versions=RELEASE_VERSIONS,
+            grafana_version=GRAFANA_VERSION,
             apt_packages=COMMON_APT if gpu else [*COMMON_APT, *CPU_APT],
             mounts=list(MOUNT_POINTS.values()),
             kit_files=list(KIT_FILES),
@@ -127,11 +150,24 @@ def requirements(pyproject: Path | None = None) -> str:
 
     pyproject = pyproject or paths.home() / "pyproject.toml"
     with open(pyproject, "rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
-    for d in deps:
-        if "==" not in d:
-            raise ConfigError(f"{pyproject}: project.dependencies: {d!r} is not pinned with ==")
-    return "".join(f"{d}\n" for d in deps)
+        project = tomllib.load(f)["project"]
+    extras = project.get("optional-dependencies", {})
+    pins: dict[str, tuple[str, str]] = {}
+    for where, reqs in [("dependencies", project["dependencies"])] + [
+        (f"optional-dependencies.{k}", v) for k, v in extras.items()
+    ]:
+        for d in reqs:
+            name, sep, version = d.partition("==")
+            if not sep:
+                raise ConfigError(f"{pyproject}: project.{where}: {d!r} is not pinned with ==")
+            seen = pins.setdefault(name.strip().lower(), (version.strip(), where))
+            if seen[0] != version.strip():
+                raise ConfigError(
+                    f"{pyproject}: project.{where}: {d!r} disagrees with {seen[1]} "
+                    f"({name.strip()}=={seen[0]})"
+                )
+    image = list(project["dependencies"]) + list(extras.get(IMAGE_EXTRA, []))
+    return "".join(f"{d}\n" for d in dict.fromkeys(image))
 
 
 # ---- static checks of a rendering (used by tests, and by `container.render --check`) ----------

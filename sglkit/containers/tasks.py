@@ -91,10 +91,11 @@ def do_build(client, p, variant=None, tag=None, build_arg=(), ca_bundle=None, no
     base_image = p.container["base_image"] if variant in render.GPU_VARIANTS else None
     if variant == "cpu" and "BASE_IMAGE" not in extra:
         ensure_base(client, console)
-    args = build_mod.build_args(variant, extra, base_image)
+    user = p.container["user"]
+    args = build_mod.build_args(variant, extra, base_image, user)
     ca = build_mod.ca_bundle(ca_bundle)
     console.print(
-        f"[bold]build[/]: {variant} -> {tag} (dev uid {args['DEV_UID']}"
+        f"[bold]build[/]: {variant} -> {tag} (dev user {args['DEV_USER']} uid {args['DEV_UID']}"
         f"{', extra CA ' + str(ca) if ca else ''})"
     )
     image = build_mod.build(
@@ -106,6 +107,7 @@ def do_build(client, p, variant=None, tag=None, build_arg=(), ca_bundle=None, no
         ca=ca,
         no_cache=no_cache,
         on_line=lambda line: console.print(f"  {line}", markup=False, style="dim"),
+        user=user,
     )
     rec = build_mod.record(Path(p.container["storage"]), variant, tag, image.id, args)
     console.print(f"[bold]build[/]: {tag} = {image.id} (recorded in {rec})")

@@ -42,6 +42,7 @@ from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_text
 from sglkit.net import free_port, port_in_use
 from sglkit.observability import config as promconfig
+from sglkit.observability import grafana as grafanas
 from sglkit.observability import services as svcs
 from sglkit.proc import group_members, spawn
 
@@ -272,6 +273,7 @@ class InitRun:
             prometheus_data=self.prom_data,
             jaeger_wanted=bool(tel["tracing"]),
             lifecycle_api=self.lifecycle_api,
+            grafana_config=grafanas.layout(self.run_dir)["ini"],
         )
         sm = o.server_metrics
         self.scrape_server = (
@@ -426,6 +428,7 @@ class InitRun:
             for d in (self.logs, self.prom_dir, self.prom_data):
                 d.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.prom_config, self.config_text)
+            self.provision_grafana()
         except OSError as e:
             why = f"cannot write into {self.run_dir}: {e.strerror or e}"
             raise SglkitError(f"--root: {why}; {self.finish_failed(why)}") from None
@@ -437,6 +440,31 @@ class InitRun:
                     self.degrade(f"{s.name}: {s.reason}")
         self.save()
         self.say(f"run folder {self.run_dir}")
+
+    def provision_grafana(self) -> None:
+        """Grafana's config, data source and dashboard in the run folder (only where it runs)."""
+        g = self.specs["grafana"]
+        if g.argv is None:
+            return
+        from sglkit.observability.report import parse_duration
+
+        gpu = self.specs["gpu_exporter"]
+        texts = grafanas.files(
+            self.run_dir,
+            bind=g.bind,
+            port=g.port,
+            prometheus_url=self.specs["prometheus"].url,
+            gpu_scheme=gpu.kind if gpu.argv else None,
+            # read as obs.report reads it, so both get the same rate window
+            scrape_interval_s=parse_duration(self.profile.telemetry["scrape_interval"]) or 5.0,
+            run_id=self.run_id,
+        )
+        layout = grafanas.layout(self.run_dir)
+        for key in ("data", "plugins", "logs"):
+            layout[key].mkdir(parents=True, exist_ok=True)
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
 
     def finish_failed(self, why: str) -> str:
         """Mark the run failed with `why`, using the reserve's room; say what was recorded."""
@@ -456,7 +484,7 @@ class InitRun:
             "sglkit": sglkit.__version__,
             "python": platform.python_version(),
         }
-        for name in ("prometheus", "node_exporter", "gpu_exporter", "jaeger"):
+        for name in ("prometheus", "node_exporter", "gpu_exporter", "jaeger", "grafana"):
             spec = self.specs[name]
             if spec.argv and name != "gpu_exporter":
                 v[name] = svcs.binary_version(spec.argv[0])

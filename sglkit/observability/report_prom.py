@@ -138,6 +138,24 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
+# obs.report's own Prometheus serves the copied data and scrapes nothing
+TEMPORARY_CONFIG = "# obs.report: serve stored data only, scrape nothing\nglobal: {}\n"
+
+
+def temporary_argv(binary: str, config: Path, data: Path, port: int) -> list[str]:
+    """The temporary Prometheus' command line: long retention, so that nothing is deleted."""
+    from sglkit.observability.services import prometheus_argv
+
+    return prometheus_argv(
+        binary,
+        config=config,
+        data=data,
+        retention="100y",
+        listen=f"127.0.0.1:{port}",
+        log_level=None,
+    )
+
+
 @contextlib.contextmanager
 def temporary_prometheus(
     data_dir: Path, *, ready_timeout: float = 120.0, progress=None
@@ -159,17 +177,11 @@ def temporary_prometheus(
             progress(f"copying the run's TSDB ({_size_mib(data_dir):.1f} MiB) to {copy}")
         shutil.copytree(data_dir, copy, symlinks=True, ignore=shutil.ignore_patterns("lock"))
         cfg = tmp / "prometheus.yml"
-        cfg.write_text("# obs.report: serve stored data only, scrape nothing\nglobal: {}\n")
+        cfg.write_text(TEMPORARY_CONFIG)
         log = tmp / "prometheus.log"
         for _attempt in range(3):
             port = free_port()
-            argv = [
-                binary,
-                f"--config.file={cfg}",
-                f"--storage.tsdb.path={copy}",
-                "--storage.tsdb.retention.time=100y",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ]
+            argv = temporary_argv(binary, cfg, copy, port)
             with open(log, "ab") as logf:
                 proc = spawn(argv, stdout=logf, stderr=subprocess.STDOUT, die_with_parent=True)
             prom = Prom(f"http://127.0.0.1:{port}")

@@ -23,6 +23,10 @@ PROMETHEUS_NAMES = ("prometheus",)
 NODE_EXPORTER_NAMES = ("prometheus-node-exporter", "node_exporter")
 JAEGER_NAMES = ("jaeger-all-in-one", "jaeger")
 DCGM_EXPORTER_NAMES = ("dcgm-exporter",)
+# Grafana OSS: `grafana` (10+, `grafana server`) or the older `grafana-server`; its home holds
+# conf/defaults.ini and the web assets (/usr/share/grafana in Grafana's Debian package)
+GRAFANA_NAMES = ("grafana", "grafana-server")
+GRAFANA_HOMES = ("/usr/share/grafana",)
 # every port a service listens on, by name in the manifest's `ports`
 PORT_NAMES = (
     "prometheus",
@@ -31,6 +35,7 @@ PORT_NAMES = (
     "jaeger_ui",
     "jaeger_otlp",
     "jaeger_admin",
+    "grafana",
 )
 DEFAULT_JAEGER_ADMIN = 14269
 
@@ -99,8 +104,10 @@ def plan(
     nvitop_importable: Callable[[], bool] | None = None,
     jaeger_wanted: bool = True,
     lifecycle_api: bool = True,
+    grafana_config: Path | None = None,
+    grafana_homes: tuple[str, ...] = GRAFANA_HOMES,
 ) -> dict[str, ServiceSpec]:
-    """The four services with their argv, or the reason each cannot run here."""
+    """The five services with their argv, or the reason each cannot run here."""
     specs: dict[str, ServiceSpec] = {}
 
     # Prometheus: TSDB inside the run folder so a report can be built from a stopped run.
@@ -110,15 +117,14 @@ def plan(
     p.health_url = url(bind, p.port, "/-/ready")
     p.listens = [(p.port, "prometheus")]
     if binary:
-        p.argv = [
+        p.argv = prometheus_argv(
             binary,
-            f"--config.file={prometheus_config}",
-            f"--storage.tsdb.path={prometheus_data}",
-            f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address={_listen(bind, p.port)}",
-            *(["--web.enable-lifecycle"] if lifecycle_api else []),
-            "--log.level=info",
-        ]
+            config=prometheus_config,
+            data=prometheus_data,
+            retention=retention,
+            listen=_listen(bind, p.port),
+            lifecycle_api=lifecycle_api,
+        )
     else:
         p.unavailable = f"binary not found on PATH (looked for {', '.join(PROMETHEUS_NAMES)})"
     specs["prometheus"] = p
@@ -138,7 +144,33 @@ def plan(
         bind, ports["gpu_exporter"], which, gpu_probe, dcgm_probe, nvitop_importable
     )
     specs["jaeger"] = _jaeger(bind, ports, which, jaeger_wanted)
+    specs["grafana"] = _grafana(bind, ports.get("grafana"), which, grafana_config, grafana_homes)
     return specs
+
+
+def prometheus_argv(
+    binary: str,
+    *,
+    config: Path | str,
+    data: Path | str,
+    retention: str,
+    listen: str,
+    lifecycle_api: bool = False,
+    log_level: str | None = "info",
+) -> list[str]:
+    """The one Prometheus command line the kit uses (init-run's, and obs.report's temporary one).
+
+    Every flag here is accepted by 2.x (Debian's 2.42 here) and by 3.5 (the GPU images); a unit
+    test checks them against the 3.5 documentation (tests/data/prometheus_compat.yaml)."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address={listen}",
+        *(["--web.enable-lifecycle"] if lifecycle_api else []),
+        *([f"--log.level={log_level}"] if log_level else []),
+    ]
 
 
 def _listen(bind: str, port: int) -> str:
@@ -208,6 +240,35 @@ def _jaeger(bind, ports, which, wanted) -> ServiceSpec:
     ]
     j.health_url = url(bind, admin, "/")
     return j
+
+
+def _grafana(bind, port, which, config, homes) -> ServiceSpec:
+    g = ServiceSpec("grafana", port=port, bind=bind, optional=True, kind="grafana")
+    if port is None:
+        g.unavailable = "no port for it (telemetry.ports.grafana)"
+        return g
+    g.url = url(bind, port)
+    g.health_url = url(bind, port, "/api/health")
+    g.listens = [(port, "grafana")]
+    binary = first_on_path(GRAFANA_NAMES, which)
+    if not binary:
+        g.unavailable = (
+            f"binary not found on PATH (looked for {', '.join(GRAFANA_NAMES)}); the GPU images "
+            "install Grafana OSS from Grafana's apt repository"
+        )
+        return g
+    home = next((h for h in homes if Path(h, "conf", "defaults.ini").is_file()), None)
+    if home is None:
+        g.unavailable = (
+            f"{binary} found, but no Grafana home (conf/defaults.ini) in {', '.join(homes)}"
+        )
+        return g
+    if config is None:
+        g.unavailable = "no Grafana config for this run"
+        return g
+    sub = ["server"] if Path(binary).name == "grafana" else []
+    g.argv = [binary, *sub, f"--homepath={home}", f"--config={config}"]
+    return g
 
 
 def binary_version(argv0: str, timeout: float = 10.0) -> str | None:

@@ -199,6 +199,22 @@ def profile_env(v: Any) -> dict[str, str]:
     return out
 
 
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# the image's login user, as the user's fork named it (container.user overrides it)
+DEFAULT_USER = "devuser"
+
+
+def user_name(v: Any) -> str:
+    """A POSIX login name for the image's dev user (useradd's rule); never root."""
+    if not isinstance(v, str) or not _USER_NAME.fullmatch(v):
+        raise ValueError(
+            f"expected a login name ([a-z_][a-z0-9_-]*, at most 32), got {key_name(v)}"
+        )
+    if v == "root":
+        raise ValueError("root is the image's own; name a non-root dev user")
+    return v
+
+
 def env_names(v: Any) -> list[str]:
     if not isinstance(v, list):
         raise ValueError(f"expected a list of environment variable names, got {_type_name(v)}")
@@ -308,6 +324,7 @@ SCHEMA = Section(
                         "gpu_exporter": F(port, default=9400),
                         "jaeger_ui": F(port, default=16686),
                         "jaeger_otlp": F(port, default=4317),
+                        "grafana": F(port, default=3000),
                     }
                 ),
             }
@@ -322,6 +339,8 @@ SCHEMA = Section(
                 "ready_timeout": F(positive_number, default=120.0),
                 "shm_size": F(string, default="16g"),
                 "base_image": F(optional(string)),
+                # the image's dev user (login name; its UID/GID are the building user's)
+                "user": F(user_name, default=DEFAULT_USER),
                 # the caller's variables container.up passes in: these names only
                 "secrets": F(env_names, default=["HF_TOKEN"]),
             }

@@ -62,7 +62,14 @@ def write_profile(
             "scrape_interval": "1s",
             "ports": {
                 k: port(k)
-                for k in ("prometheus", "node_exporter", "gpu_exporter", "jaeger_ui", "jaeger_otlp")
+                for k in (
+                    "prometheus",
+                    "node_exporter",
+                    "gpu_exporter",
+                    "jaeger_ui",
+                    "jaeger_otlp",
+                    "grafana",
+                )
             },
         },
         "container": {

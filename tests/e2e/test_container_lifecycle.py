@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import requests
 
 from sglkit import manifest as manifests
 from sglkit.containers import engine, render
+from sglkit.profile.schema import DEFAULT_USER
 from tests.e2e.helpers import REPO, containers_named, invoke, write_profile
 
 pytestmark = pytest.mark.requires("docker", "debootstrap")
@@ -33,8 +35,19 @@ def test_build_streams_its_log_and_tags_the_image(docker_client, cpu_image):
     assert "built sglkit/dev:cpu" in cpu_image["build_log"]
     image = docker_client.images.get("sglkit/dev:cpu")
     assert image.labels["org.sglkit.variant"] == "cpu"
-    assert image.attrs["Config"]["User"] == "dev"
+    assert image.attrs["Config"]["User"] == DEFAULT_USER == "devuser"  # as the user's fork
+    assert image.attrs["Config"]["WorkingDir"] == "/opt/sglkit/src"
+    # rustup and oh-my-zsh are on by default and cannot be fetched here: one line each says so
+    log = cpu_image["build_log"]
+    for note in (
+        "note: rustup skipped: sh.rustup.rs is not reachable from this build",
+        "note: oh-my-zsh skipped: github.com is not reachable from this build",
+    ):  # the step's output line, not the RUN line that holds the echo
+        assert re.search(rf"^\s*{re.escape(note)}$", log, re.M), note
     assert image.attrs["Config"]["Entrypoint"][-2:] == ["-m", "sglkit.observability.init_run"]
+
+
+PINS = dict(line.split("==") for line in render.requirements().splitlines())
 
 
 def _node_exporter_up(prom_url: str, node_port: int) -> bool:
@@ -78,15 +91,34 @@ def test_up_ready_prometheus_sees_node_exporter_then_down_and_a_second_run(
     )
     assert info["services"]["prometheus"]["url"] == prom
 
-    cmd = "id -un; sudo -n true && echo sudo-ok; uv --version; command -v python3; touch /cache/x"
+    cmd = (
+        "id -un; sudo -n true && echo sudo-ok; uv --version; command -v python3; touch /cache/x;"
+        " readlink ~/.cache/flashinfer; touch ~/.cache/flashinfer/probe;"
+        " python3 -c 'import typer, ray; print(typer.__version__, ray.__version__)'"
+    )
     sh = invoke("container.shell", "--profile", str(prof), "--command", cmd)
     assert sh.returncode == 0, sh.stdout + sh.stderr
     lines = sh.stdout.splitlines()
-    assert lines[:2] == ["dev", "sudo-ok"]  # the non-root dev user, with sudo
-    assert lines[2].startswith(f"uv {render.UV_VERSION}")
+    assert lines[:2] == ["devuser", "sudo-ok"]  # the non-root dev user, with sudo
+    assert lines[2].startswith(f"uv {PINS['uv']}")
     assert lines[3] == "/opt/sglkit/venv/bin/python3"  # a login shell keeps the kit's venv
     assert (tmp_path / "cache" / "x").exists()  # the cache mount is the host folder
+    # FlashInfer's cache in HOME is the cache mount's, where FLASHINFER_WORKSPACE_BASE leads
+    assert lines[4] == "/cache/flashinfer/.cache/flashinfer"
+    assert (tmp_path / "cache" / "flashinfer" / ".cache" / "flashinfer" / "probe").exists()
+    assert lines[5] == f"{PINS['typer']} {PINS['ray']}"
     assert invoke("container.shell", "--profile", str(prof), "--command", "exit 7").returncode == 7
+    # the GPU smoke test runs inside the image, from the kit's own tests and noxfile there;
+    # without a GPU every check skips with its reason and the session exits 0
+    smoke = invoke("container.shell", "--profile", str(prof), "--command", "nox -s gpu_smoke")
+    text = smoke.stdout + smoke.stderr
+    assert smoke.returncode == 0, text[-3000:]
+    assert "Session gpu_smoke was successful" in text, text[-3000:]
+    counts = re.search(r"(\d+) passed, (\d+) skipped, (\d+) failed", text)
+    assert counts and counts.group(1) == counts.group(3) == "0" and int(counts.group(2)) > 0
+    # Grafana is not in the cpu image: absent, with the reason, like Jaeger
+    grafana = manifests.read(run_dir)["services"]["grafana"]
+    assert grafana["status"] == "absent" and "grafana, grafana-server" in grafana["reason"]
 
     lg = invoke("container.logs", "--profile", str(prof), "--tail", "50")
     assert lg.returncode == 0 and first["run_id"] in lg.stdout

@@ -67,7 +67,7 @@ def test_devcontainer_up_runs_init_run_and_post_create(
     try:
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         outcome = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert outcome["outcome"] == "success" and outcome["remoteUser"] == "dev"
+        assert outcome["outcome"] == "success" and outcome["remoteUser"] == "devuser"
         assert "post-create: profile" in proc.stdout + proc.stderr
         # the image's entrypoint (init-run) runs under the CLI and writes its run to /telemetry
         root = tmp_path / "telemetry"

@@ -10,6 +10,7 @@ scrape really was OpenMetrics and that the rule, not luck, gives the `sglang` jo
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import requests
 import yaml
 
+from sglkit import paths
 from sglkit import profile as profiles
 from sglkit.net import free_port, wait_for
 from sglkit.observability import config as promconfig
@@ -128,3 +130,55 @@ def test_rendered_config_stores_sglang_names_from_an_openmetrics_target(tmp_path
     assert {n for n in control_names if not n.startswith("sglang")} == {
         n for n in kept if not n.startswith("sglang")
     }
+
+
+def _samples(body: str) -> set[str]:
+    """Metric names of the sample lines of an exposition (comments skipped)."""
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_prometheus_3_accept_header_keeps_the_colon_so_the_rule_is_idle():
+    """Prometheus 3.x asks for `escaping=allow-utf-8` (tests/data/prometheus_compat.yaml, with its
+    source): prometheus_client then writes `sglang:x` as it is, so the relabel rule finds no
+    `sglang_` name to rename. 2.42's header gets the escaped `sglang_x`, which the rule undoes.
+    Both answers carry a Content-Type (3.x fails a scrape without one)."""
+    compat = yaml.safe_load(
+        (Path(__file__).parents[1] / "data" / "prometheus_compat.yaml").read_text()
+    )
+    port = free_port()
+    proc = spawn(
+        [sys.executable, str(STANDIN), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def get(accept: str) -> requests.Response:
+            return requests.get(url, headers={"Accept": accept}, timeout=5)
+
+        def answers() -> bool:
+            try:
+                return get("*/*").status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, 30, 0.1, "the stand-in to answer")
+        v3, v2 = get(compat["accept_3x"]), get(compat["accept_2x"])
+    finally:
+        terminate_group(proc, grace=10)
+    assert v3.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert "escaping=allow-utf-8" in v3.headers["Content-Type"]
+    assert v2.headers["Content-Type"].startswith("application/openmetrics-text")
+    names3, names2 = _samples(v3.text), _samples(v2.text)
+    assert "sglang:num_running_reqs" in names3
+    assert "sglang:time_to_first_token_seconds_bucket" in names3
+    assert not [n for n in names3 if n.startswith("sglang_")]
+    assert "sglang_num_running_reqs" in names2
+    # the rule is harmless under 3.x: no name SGLang registers starts with `sglang_`
+    catalog = paths.asset("observability", "metrics_catalog.yaml").read_text()
+    assert "sglang:" in catalog and not re.search(r"\bsglang_", catalog)

@@ -214,7 +214,7 @@ def test_plan_mounts_ports_env_and_labels(tmp_path):
         "--bind",
         "0.0.0.0",
         "--host-ports",
-        "4317=4317,9090=9090,9100=9100,9400=9400,16686=16686,30000=30000",
+        "3000=3000,4317=4317,9090=9090,9100=9100,9400=9400,16686=16686,30000=30000",
     ]
     assert plan.ports[9090] == 9090 and plan.ports[30000] == 30000
     assert plan.environment["HF_TOKEN"] == "hf-secret-value-123"
@@ -320,8 +320,40 @@ def test_devcontainer_runs_the_storage_step_on_the_host_first(tmp_path):
     p = _profile(tmp_path)
     data = json.loads(render.devcontainer(devcontainer.plan(p, tmp_path)))
     init = data["initializeCommand"]
-    assert init[0] == "env" and init[1] == f"PYTHONPATH={paths.home()}"
-    assert init[3:] == ["-m", "sglkit.containers", "storage", "--profile", str(p.path.resolve())]
+    # the opened folder is tmp_path: the profile under it through the variable, the kit's
+    # checkout (elsewhere) absolute
+    assert init[:3] == ["env", f"PYTHONPATH={paths.home().resolve()}", "python3"]
+    assert init[3:] == [
+        "-m",
+        "sglkit.containers",
+        "storage",
+        "--profile",
+        "${localWorkspaceFolder}/" + str(p.path.resolve().relative_to(tmp_path.resolve())),
+    ]
+    assert sys.executable not in json.dumps(data)  # not the interpreter that rendered it
+
+
+def test_devcontainer_names_the_opened_folder_not_this_checkout():
+    p = profiles.load("cpu-dev")  # profiles/cpu-dev.yaml inside the checkout
+    data = json.loads(render.devcontainer(devcontainer.plan(p, paths.home())))
+    assert data["initializeCommand"] == [
+        "env",
+        "PYTHONPATH=${localWorkspaceFolder}",
+        "python3",
+        "-m",
+        "sglkit.containers",
+        "storage",
+        "--profile",
+        "${localWorkspaceFolder}/profiles/cpu-dev.yaml",
+    ]
+    assert data["workspaceMount"] == "type=bind,source=${localWorkspaceFolder},target=/workspace"
+    assert str(paths.home().resolve()) not in json.dumps(
+        {k: data[k] for k in ("initializeCommand", "workspaceMount")}
+    )
+    assert data["remoteUser"] == data["containerUser"] == "devuser"
+    assert devcontainer.workspace_of(paths.home() / ".devcontainer" / "devcontainer.json") == (
+        paths.home().resolve()
+    )
 
 
 def test_storage_creates_folders_and_refuses_an_unreadable_profile_folder(tmp_path):
@@ -329,8 +361,13 @@ def test_storage_creates_folders_and_refuses_an_unreadable_profile_folder(tmp_pa
     dirs = lifecycle.host_dirs(p)
     uid, gid = os.getuid(), os.getgid()
     made = lifecycle.prepare_storage(dirs, uid, gid)
-    assert sorted(made) == sorted(dirs[k] for k in ("models", "cache", "telemetry"))
+    flashinfer = dirs["cache"] / "flashinfer" / ".cache" / "flashinfer"
+    assert sorted(made) == sorted(
+        [*(dirs[k] for k in ("models", "cache", "telemetry")), flashinfer]
+    )
     assert all(d.is_dir() for d in made)
+    # the image's ~/.cache/flashinfer points at that folder through the /cache mount
+    assert render.home_links() == {".cache/flashinfer": "/cache/flashinfer/.cache/flashinfer"}
     dirs["profiles"].chmod(0o700)
     other = uid + 1 if uid else 1000  # a user who is neither owner nor in the group
     with pytest.raises(SglkitError, match="is not readable by the container's user"):
