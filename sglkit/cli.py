@@ -21,6 +21,8 @@ HELP_ARG = "help"
 PROFILE_HELP = "profile name under profiles/ or a YAML path (default: $SGLKIT_PROFILE or cpu-dev)"
 ROOT_HELP = "telemetry root (default: the profile's telemetry.root)"
 LOCK_TIMEOUT_HELP = "seconds to wait for another warm of the same folder (default 0: fail)"
+NODE_RANK_HELP = "this node's rank where server.nnodes > 1 (0: the leader, which serves HTTP)"
+DIST_INIT_HELP = "the leader's host:port for torch.distributed (default server.dist_init_addr)"
 
 
 class SglkitTask(Task):

@@ -71,6 +71,8 @@ def plan(
     launcher: str | list[str] | None = None,
     port: int | None = None,
     timeout: float = 3600.0,
+    node_rank: int | None = None,
+    dist_init_addr: str | None = None,
 ) -> Plan:
     """Resolve what would run; raise ConfigError (exit 2) naming the flag or field at fault."""
     p = profiles.load(profile)
@@ -116,12 +118,15 @@ def plan(
     spec = server_spec.build(
         p,
         server_spec.Overrides(
+            node_rank=node_rank,
+            dist_init_addr=dist_init_addr,
             port=None if port is None else int(port),
             launcher=argv,
             context_length=context_length,
             **warm_overrides(float(timeout)),
         ),
     )
+    server_spec.require_node_rank(spec)
     return Plan(
         spec=spec,
         env={**spec.environment(), **warm_environment(spec.sglang)},
@@ -138,8 +143,11 @@ class Result:
     seconds: float
 
 
-def marker_matches(folder: Path, fp: fingerprint.Fingerprint) -> tuple[dict | None, list[str]]:
-    marker = store.read_marker(folder)
+def marker_matches(
+    folder: Path, fp: fingerprint.Fingerprint, node: int | None = None
+) -> tuple[dict | None, list[str]]:
+    """This node's completion marker, and how its fingerprint differs from `fp`."""
+    marker = store.read_marker(folder, node)
     if marker is None or marker.get("kind") != KIND or "fingerprint" not in marker:
         return None, ["no completion marker"]
     stored = fingerprint.Fingerprint.from_json(marker["fingerprint"])
@@ -161,7 +169,7 @@ def precompile_plan(spec: server_spec.ServerSpec, choice: str = "auto") -> tuple
     folder = spec.profile.cache_dirs()[KIND]
     if choice != "auto":
         return spec.sglang.deepgemm_precompile(choice == "on"), f"precompile: {choice} (forced)"
-    marker, diff = marker_matches(folder, fingerprint.compute(spec))
+    marker, diff = marker_matches(folder, fingerprint.compute(spec), spec.node)
     if marker is not None and not diff:
         return spec.sglang.deepgemm_precompile(False), (
             f"precompile: off: {folder} was warmed for this server "
@@ -174,7 +182,7 @@ def precompile_plan(spec: server_spec.ServerSpec, choice: str = "auto") -> tuple
 def describe(pl: Plan) -> dict[str, Any]:
     """What a warm would run and compare, without running it (--dry-run)."""
     fp = fingerprint.compute(pl.spec)
-    marker, diff = marker_matches(pl.folder, fp)
+    marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
     return {
         "argv": pl.argv,
         "command": shlex.join(pl.argv),
@@ -197,7 +205,7 @@ def warm(
     rep = reporter or Reporter("cache.deepgemm")
     fp = fingerprint.compute(pl.spec)
     if not force:
-        marker, diff = marker_matches(pl.folder, fp)
+        marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
         if marker is not None and not diff:
             rep.console.print(
                 f"already warm: {pl.folder} (warmed {marker.get('warmed_at', '?')}; "
@@ -210,13 +218,14 @@ def warm(
     store.ensure_writable(pl.folder, f"cache.dirs.{KIND} (under cache.root)")
     with store.locked(pl.folder, wait=lock_timeout, what=f"cache.deepgemm {pl.profile.name}"):
         if not force:  # another warm may have finished while we waited for the lock
-            marker, diff = marker_matches(pl.folder, fp)
+            marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
             if marker is not None and not diff:
                 rep.console.print(f"already warm: {pl.folder} (warmed meanwhile)", markup=False)
                 return Result("already-warm", marker, rep.elapsed())
         server = Server(pl.spec, log_path=log_path(pl), reporter=rep, env=pl.env, grace=grace)
         server.check_port()
-        store.remove_marker(pl.folder)  # from here on a crash leaves no claim of "warm"
+        # from here on a crash leaves no claim of "warm"
+        store.remove_marker(pl.folder, pl.spec.node)
         for unknown in fp.unknown:
             rep.say(f"fingerprint: {unknown} unknown here ({fp.reasons.get(unknown, '?')})")
         started = dt.datetime.now(dt.timezone.utc)
@@ -244,10 +253,11 @@ def warm(
             "duration_s": round((finished - started).total_seconds(), 3),
             "log": str(server.log_path),
         }
-        store.write_marker(pl.folder, marker)
-    rep.say(f"warm: {pl.folder} (marker {store.marker_path(pl.folder)})")
+        store.write_marker(pl.folder, marker, pl.spec.node)
+    rep.say(f"warm: {pl.folder} (marker {store.marker_path(pl.folder, pl.spec.node)})")
     return Result("warmed", marker, rep.elapsed())
 
 
 def log_path(pl: Plan) -> Path:
-    return pl.folder.parent / f".{pl.folder.name}.warm.log"
+    node = "" if pl.spec.node is None else f".node-{pl.spec.node}"
+    return pl.folder.parent / f".{pl.folder.name}.warm{node}.log"

@@ -25,26 +25,32 @@ from sglkit.fsutil import locked as locked
 MARKER = ".sglkit-marker.json"
 
 
-def marker_path(folder: Path) -> Path:
-    return folder / MARKER
+def marker_path(folder: Path, node: int | None = None) -> Path:
+    """The completion marker; one per node (`node` = its rank) where a server spans nodes, so
+    that nodes sharing a cache folder each say what they compiled."""
+    return folder / (MARKER if node is None else MARKER.replace(".json", f".node-{node}.json"))
 
 
-def read_marker(folder: Path) -> dict[str, Any] | None:
+def is_marker(name: str) -> bool:
+    return name.startswith(MARKER.removesuffix(".json")) and name.endswith(".json")
+
+
+def read_marker(folder: Path, node: int | None = None) -> dict[str, Any] | None:
     """The marker's JSON, or None when there is none; a corrupt marker counts as none."""
     try:
-        data = json.loads(marker_path(folder).read_text(encoding="utf-8"))
+        data = json.loads(marker_path(folder, node).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def write_marker(folder: Path, data: dict[str, Any]) -> Path:
-    return atomic_write_json(marker_path(folder), data)
+def write_marker(folder: Path, data: dict[str, Any], node: int | None = None) -> Path:
+    return atomic_write_json(marker_path(folder, node), data)
 
 
-def remove_marker(folder: Path) -> None:
+def remove_marker(folder: Path, node: int | None = None) -> None:
     with contextlib.suppress(FileNotFoundError):
-        marker_path(folder).unlink()
+        marker_path(folder, node).unlink()
 
 
 def ensure_writable(folder: Path, field: str) -> None:
@@ -74,7 +80,7 @@ def folder_stats(folder: Path) -> tuple[int, int, float | None]:
             try:
                 if e.is_dir(follow_symlinks=False):
                     stack.append(Path(e.path))
-                elif e.is_file(follow_symlinks=False) and not (d == folder and e.name == MARKER):
+                elif e.is_file(follow_symlinks=False) and not (d == folder and is_marker(e.name)):
                     st = e.stat(follow_symlinks=False)
                     size += st.st_size
                     files += 1

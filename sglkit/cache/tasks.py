@@ -12,7 +12,15 @@ from rich.table import Table
 
 from sglkit.cache import archive, deepgemm, store, triton_warm
 from sglkit.cache import status as cache_status
-from sglkit.cli import LOCK_TIMEOUT_HELP, PROFILE_HELP, number, table_console, task
+from sglkit.cli import (
+    DIST_INIT_HELP,
+    LOCK_TIMEOUT_HELP,
+    NODE_RANK_HELP,
+    PROFILE_HELP,
+    number,
+    table_console,
+    task,
+)
 from sglkit.console import echo
 from sglkit.errors import ConfigError
 
@@ -28,6 +36,8 @@ from sglkit.errors import ConfigError
         "grace": "seconds between TERM and KILL when stopping the server (default 10)",
         "force": "warm again even when the completion marker matches",
         "lock-timeout": LOCK_TIMEOUT_HELP,
+        "node-rank": NODE_RANK_HELP + "; each node warms and marks its own",
+        "dist-init-addr": DIST_INIT_HELP,
         "dry-run": "print the argv, environment, folder and fingerprint as JSON; run nothing",
     }
 )
@@ -43,6 +53,8 @@ def deepgemm_(
     force=False,
     lock_timeout=None,
     dry_run=False,
+    node_rank=None,
+    dist_init_addr=None,
 ):
     """Warm the DeepGEMM cache: run the server with the profile's argv and one warm-up request."""
     pl = deepgemm.plan(
@@ -52,6 +64,8 @@ def deepgemm_(
         launcher=launcher,
         port=number(port, "--port", int),
         timeout=number(timeout, "--timeout", float, default=3600.0),
+        node_rank=number(node_rank, "--node-rank", int),
+        dist_init_addr=dist_init_addr,
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))

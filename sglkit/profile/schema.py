@@ -113,6 +113,12 @@ def port(v: Any) -> int:
     return v
 
 
+def host_port(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"\[?[A-Za-z0-9.:_-]+\]?:[0-9]{1,5}", v):
+        raise ValueError(f"expected host:port, got {_type_name(v)}")
+    return v
+
+
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def inner(v: Any) -> Any:
         return None if v is None else check(v)
@@ -294,6 +300,10 @@ SCHEMA = Section(
                 "mem_fraction_static": F(optional(fraction)),
                 "host": F(string, default="127.0.0.1"),
                 "port": F(port, default=30000),
+                # a server over several nodes: how many, and the leader's host:port for
+                # torch.distributed; each node's rank is given at launch (--node-rank)
+                "nnodes": F(pos_int, default=1),
+                "dist_init_addr": F(optional(host_port)),
                 "enable_metrics": F(boolean, default=True),
                 "trust_remote_code": F(boolean, default=False),
                 "args": F(extra_args, default={}),

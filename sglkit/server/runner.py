@@ -220,6 +220,9 @@ class Server:
 
     # ---- start ------------------------------------------------------------------------------
     def check_port(self) -> None:
+        """The server's HTTP port is free here (a node other than rank 0 binds none)."""
+        if not self.spec.serves_http:
+            return
         host = self.spec.client_host
         if port_in_use(self.spec.port, host):
             raise ServerError(
@@ -281,7 +284,8 @@ class Server:
             time.sleep(min(CHILD_POLL, left))
 
     def wait_ready(self, deadline: float) -> float:
-        """Until /health answers 200; returns seconds from start to ready."""
+        """Until /health answers 200; returns seconds from start to ready. On a node other than
+        rank 0 that is the leader's /health (spec.url): the server is ready when all are."""
         self.rep.set_phase(f"waiting for {self.spec.url}/health")
         while True:
             self.check_child(deadline)

@@ -64,6 +64,7 @@ def up(
     if endpoint and not overrides.tracing_endpoint:
         overrides = dataclasses.replace(overrides, tracing_endpoint=endpoint)
     spec = server_spec.build(p, overrides)
+    server_spec.require_node_rank(spec)
     env, precompile_line = deepgemm.precompile_plan(spec, precompile)
     for other in state.running():
         raise ServerError(

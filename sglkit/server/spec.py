@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sglkit.errors import ConfigError
 from sglkit.profile import Profile
 from sglkit.versions import SGLang
 
@@ -27,10 +28,12 @@ PROFILE_FLAGS = {
     "mem_fraction_static": "--mem-fraction-static",
     "host": "--host",
     "port": "--port",
+    "nnodes": "--nnodes",
+    "dist_init_addr": "--dist-init-addr",
 }
 BOOL_FLAGS = {"enable_metrics": "--enable-metrics", "trust_remote_code": "--trust-remote-code"}
 # a flag equal to SGLang's own default is still written, except these
-OMIT_AT = {"dp": 1, "ep": 1}
+OMIT_AT = {"dp": 1, "ep": 1, "nnodes": 1}
 LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -43,6 +46,10 @@ class Overrides:
     host: str | None = None
     launcher: tuple[str, ...] | None = None
     context_length: int | None = None
+    # this node of a server over several nodes: its rank, and the leader's address if the
+    # profile's server.dist_init_addr does not fit this deployment
+    node_rank: int | None = None
+    dist_init_addr: str | None = None
     # flags the kit adds for its own runs (warm-ups, tests)
     load_format: str | None = None
     skip_tokenizer_init: bool = False
@@ -70,6 +77,8 @@ class ServerSpec:
             if value is None or OMIT_AT.get(key) == value:
                 continue
             out.append((flag, fmt(value)))
+        if s["nnodes"] > 1:
+            out.append(("--node-rank", str(self.node_rank)))
         out += [(flag, True) for key, flag in BOOL_FLAGS.items() if s[key]]
         kit: list[tuple[str, FlagValue]] = []
         if o.load_format:
@@ -111,8 +120,25 @@ class ServerSpec:
         return self.server["port"]
 
     @property
+    def node_rank(self) -> int:
+        return self.overrides.node_rank or 0
+
+    @property
+    def node(self) -> int | None:
+        """The rank where the server spans nodes (markers and logs are per node), else None."""
+        return self.node_rank if self.server["nnodes"] > 1 else None
+
+    @property
+    def serves_http(self) -> bool:
+        """Only rank 0 runs SGLang's HTTP server; the other nodes run schedulers alone."""
+        return self.node_rank == 0
+
+    @property
     def client_host(self) -> str:
-        """The address a client on this machine uses (a wildcard bind is reached on loopback)."""
+        """The address a client uses: this machine's (a wildcard bind is reached on loopback),
+        or, on a node other than rank 0, the leader's (the host of --dist-init-addr)."""
+        if not self.serves_http:
+            return self.server["dist_init_addr"].rsplit(":", 1)[0].strip("[]")
         return LOOPBACK_FOR.get(self.host, self.host)
 
     @property
@@ -131,12 +157,26 @@ def build(
     """The spec of serving `profile` with `overrides` under `sglang` (default: the installed)."""
     o = overrides or Overrides()
     server = dict(profile.server)
-    for key in ("port", "host", "context_length"):
+    for key in ("port", "host", "context_length", "dist_init_addr"):
         value = getattr(o, key)
         if value is not None:
             server[key] = value
     if o.launcher is not None:
         server["launcher"] = list(o.launcher)
+    where = profile.path
+    if server["nnodes"] > 1:
+        if not server["dist_init_addr"]:
+            raise ConfigError(
+                f"{where}: server.dist_init_addr: required where server.nnodes is "
+                f"{server['nnodes']} (the leader's host:port; or --dist-init-addr)"
+            )
+        if o.node_rank is not None and not 0 <= o.node_rank < server["nnodes"]:
+            raise ConfigError(
+                f"--node-rank: expected 0 to {server['nnodes'] - 1} "
+                f"(server.nnodes is {server['nnodes']}), got {o.node_rank}"
+            )
+    elif o.node_rank:
+        raise ConfigError(f"--node-rank: {o.node_rank} given, but server.nnodes is 1 in {where}")
     return ServerSpec(
         profile=profile,
         server=server,
@@ -144,6 +184,16 @@ def build(
         overrides=o,
         sglang=sglang or SGLang.here(),
     )
+
+
+def require_node_rank(spec: ServerSpec) -> None:
+    """Starting a server that spans nodes needs this node's rank said (showing one does not)."""
+    n = spec.server["nnodes"]
+    if n > 1 and spec.overrides.node_rank is None:
+        raise ConfigError(
+            f"--node-rank: required where server.nnodes is {n}: this node's rank, "
+            f"0 (the leader, which serves HTTP) to {n - 1}"
+        )
 
 
 def args_flags(args: dict[str, Any]) -> list[tuple[str, FlagValue]]:

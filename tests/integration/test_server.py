@@ -397,3 +397,38 @@ def test_precompile_choice_is_checked_before_anything_starts(tmp_path, env, free
     assert rc == 2, out + err
     assert one_error_line(err).startswith("error: --precompile: expected one of auto, on, off")
     assert "server pid" not in out
+
+
+# ---- a server over several nodes: rank 0 serves, every node polls it, each marks its own ------
+def test_a_node_other_than_rank_0_warms_against_the_leader_and_marks_its_own(
+    tmp_path, env, free_port, wait_for
+):
+    """The leader (rank 0) is a stand-in already serving; this node (rank 1) runs its own
+    stand-in in `hang` mode, as SGLang's non-leader nodes serve no HTTP. The warm polls the
+    leader, sends the warm-up request there, and writes the marker of node 1 only."""
+    leader_port = free_port()
+    leader = subprocess.Popen(
+        [sys.executable, str(STANDIN), "--model-path", "org/standin-model", "--port",
+         str(leader_port), "--standin-ready-after", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        prof = write_profile(tmp_path, leader_port, "hang", name="two-nodes")
+        data = yaml.safe_load(prof.read_text())
+        data["server"].update(nnodes=2, dist_init_addr=f"127.0.0.1:{free_port()}")
+        prof.write_text(yaml.safe_dump(data))
+        rc, out, err, _ = inv(env, "cache.deepgemm", "-p", str(prof))
+        assert rc == 2 and "--node-rank: required where server.nnodes is 2" in err, out + err
+        rc, out, err, _ = inv(env, "cache.deepgemm", "-p", str(prof), "--node-rank", "1",
+                              "--grace", "2")  # fmt: skip
+        assert rc == 0, out + err
+        assert "--nnodes 2" in out and "--node-rank 1" in out
+        assert f"waiting for http://127.0.0.1:{leader_port}/health" in out
+        folder = tmp_path / "cache" / "deepgemm"
+        assert (folder / ".sglkit-marker.node-1.json").is_file()
+        assert not (folder / ".sglkit-marker.json").exists()
+        assert_gone(pgid_of(out), wait_for)  # this node's server group, not the leader
+        assert leader.poll() is None
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=30)

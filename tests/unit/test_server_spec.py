@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from sglkit import profile as profiles
+from sglkit.errors import ConfigError
 from sglkit.server import parse
 from sglkit.server import spec as server_spec
 from sglkit.versions import SGLang
@@ -83,3 +84,41 @@ def test_profile_check_warns_for_a_deprecated_flag_naming_its_replacement(prof):
         "warning: server.args.cuda-graph-max-bs: --cuda-graph-max-bs is deprecated in SGLang "
         "0.5.16; use --cuda-graph-max-bs-decode"
     ]
+
+
+def test_each_node_of_a_multi_node_profile_has_its_own_rank_and_the_leaders_url():
+    p = profiles.load("deepseek-v3-gh200")
+    for rank in range(8):
+        spec = server_spec.build(p, server_spec.Overrides(node_rank=rank), SGLang("0.5.23"))
+        flags = spec.flag_values()
+        assert (flags["--nnodes"], flags["--node-rank"]) == ("8", str(rank))
+        assert flags["--dist-init-addr"] == "gh200-node0:50000"
+        assert spec.node == rank and spec.serves_http == (rank == 0)
+        # every node polls the leader: only rank 0 serves HTTP
+        expected = "http://127.0.0.1:30000" if rank == 0 else "http://gh200-node0:30000"
+        assert spec.url == expected
+        # where SGLang is installed, its own parser takes every node's argv
+        assert parse.parse_with_sglang(spec)
+
+
+def test_multi_node_needs_the_leader_and_a_rank_in_range(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "m"}, "server": {"nnodes": 2}}))
+    with pytest.raises(
+        ConfigError, match=r"server\.dist_init_addr: required where server\.nnodes is 2"
+    ):
+        server_spec.build(profiles.load(path), server_spec.Overrides(node_rank=0))
+    spec = server_spec.build(
+        profiles.load(path), server_spec.Overrides(dist_init_addr="10.0.0.1:5000")
+    )
+    with pytest.raises(ConfigError, match=r"^--node-rank: required where server\.nnodes is 2"):
+        server_spec.require_node_rank(spec)
+    with pytest.raises(ConfigError, match=r"^--node-rank: expected 0 to 1 .*got 2"):
+        server_spec.build(profiles.load(path),
+                          server_spec.Overrides(node_rank=2, dist_init_addr="h:1"))  # fmt: skip
+
+
+def test_a_rank_on_a_single_node_profile_is_refused(prof):
+    with pytest.raises(ConfigError, match=r"^--node-rank: 1 given, but server\.nnodes is 1"):
+        server_spec.build(prof, server_spec.Overrides(node_rank=1))
+    assert server_spec.build(prof).node is None
