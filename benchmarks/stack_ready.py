@@ -33,8 +33,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sglkit import manifest as mf  # noqa: E402
 from sglkit import profile as profiles  # noqa: E402
+from sglkit.observability import manifest as mf  # noqa: E402
 
 
 def start(root: Path, profile: str) -> subprocess.Popen:

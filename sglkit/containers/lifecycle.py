@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sglkit import manifest as manifests
 from sglkit import net
 from sglkit.containers import engine, render
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.observability import manifest as manifests
 from sglkit.profile import Profile, telemetry_root
 
 NVIDIA_HINT = (

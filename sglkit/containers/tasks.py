@@ -9,7 +9,6 @@ from pathlib import Path
 from invoke import Collection
 
 from sglkit import logs as kitlogs
-from sglkit import manifest as manifests
 from sglkit import profile as profiles
 from sglkit.cli import PROFILE_HELP, number, task
 from sglkit.console import echo
@@ -18,6 +17,7 @@ from sglkit.containers import build as build_mod
 from sglkit.containers import devcontainer as devc
 from sglkit.containers import engine, lifecycle, render
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.observability import manifest as manifests
 
 NAME_HELP = "container name (default: the profile's container.name)"
 

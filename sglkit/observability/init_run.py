@@ -35,7 +35,6 @@ from typing import Any
 import requests
 
 import sglkit
-from sglkit import manifest as mf
 from sglkit import profile as profiles
 from sglkit.cli import ROOT_HELP, main_guard
 from sglkit.errors import ConfigError, SglkitError
@@ -43,6 +42,7 @@ from sglkit.fsutil import atomic_write_text
 from sglkit.net import free_port, port_in_use
 from sglkit.observability import config as promconfig
 from sglkit.observability import grafana as grafanas
+from sglkit.observability import manifest as mf
 from sglkit.observability import services as svcs
 from sglkit.proc import group_members, spawn
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sglkit import manifest as mf
 from sglkit.cli import ROOT_HELP, task
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_json, atomic_write_text
+from sglkit.observability import manifest as mf
 from sglkit.observability import report_queries as rq
 from sglkit.observability.report_prom import Prom, prometheus_for
 from sglkit.observability.report_stats import STATS, series_stats
@@ -45,7 +45,7 @@ Log = Callable[[str], None]
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest (sglkit.manifest.read), settled: a live status whose init-run is gone
+    """The run's manifest (manifest.read), settled: a live status whose init-run is gone
     reads `abandoned`; a folder without one is a ConfigError naming --run."""
     if not (run_dir / mf.MANIFEST).exists():
         raise ConfigError(f"--run: {run_dir} has no manifest.json (not a run folder)")

@@ -111,8 +111,8 @@ class Source:
 
 def _live(manifest: dict[str, Any]) -> Prom | None:
     """The run's own Prometheus when the run is not over and it answers as this run's."""
-    from sglkit import manifest as mf
     from sglkit.observability import identity
+    from sglkit.observability import manifest as mf
 
     if manifest.get("status") not in mf.LIVE_STATUSES:
         return None

@@ -9,9 +9,9 @@ from typing import Any
 
 import requests
 
-from sglkit import manifest as mf
 from sglkit.errors import SglkitError
 from sglkit.observability import identity
+from sglkit.observability import manifest as mf
 
 
 def targets(prometheus_url: str, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import requests
 
-from sglkit import manifest as mf
 from sglkit import profile as profiles
 from sglkit.cache import deepgemm
 from sglkit.errors import SglkitError
+from sglkit.observability import manifest as mf
 from sglkit.observability import tracing
 from sglkit.proc import group_members
 from sglkit.server import spec as server_spec

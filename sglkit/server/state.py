@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sglkit import manifest as mf
 from sglkit import paths
 from sglkit.fsutil import atomic_write_json
+from sglkit.observability import manifest as mf
 from sglkit.proc import group_members
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sglkit import manifest as mf
 from sglkit.fsutil import atomic_write_json
 from sglkit.observability import config as promconfig
+from sglkit.observability import manifest as mf
 from sglkit.server.spec import ServerSpec
 
 

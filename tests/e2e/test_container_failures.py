@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from sglkit import manifest as manifests
 from sglkit import profile as profiles
 from sglkit.containers import engine, lifecycle
 from sglkit.errors import SglkitError
+from sglkit.observability import manifest as manifests
 from tests.e2e.helpers import containers_named, invoke, write_profile
 
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 import requests
 
-from sglkit import manifest as manifests
 from sglkit.containers import engine, render
+from sglkit.observability import manifest as manifests
 from sglkit.profile.schema import DEFAULT_USER
 from tests.e2e.helpers import REPO, containers_named, invoke, write_profile
 

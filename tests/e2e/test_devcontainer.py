@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from sglkit import manifest as manifests
 from sglkit.containers import devcontainer
 from sglkit.errors import SglkitError
+from sglkit.observability import manifest as manifests
 from tests.e2e.helpers import invoke, write_profile
 
 

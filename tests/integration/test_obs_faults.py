@@ -18,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from sglkit import manifest as mf
 from sglkit.net import free_port, wait_for
+from sglkit.observability import manifest as mf
 from tests.integration.test_obs_stack import (
     INVOKE,
     REPO,

@@ -21,11 +21,11 @@ import pytest
 import requests
 import yaml
 
-from sglkit import manifest as mf
 from sglkit import paths
 from sglkit import profile as profiles
 from sglkit.net import free_port, wait_for
 from sglkit.observability import config as promconfig
+from sglkit.observability import manifest as mf
 from sglkit.observability import tracing
 from sglkit.observability.services import PORT_NAMES
 from sglkit.server import spec as server_spec

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from sglkit import manifest as mf
+from sglkit.observability import manifest as mf
 from sglkit.proc import group_members
 
 REPO = Path(__file__).resolve().parents[2]

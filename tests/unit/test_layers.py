@@ -33,7 +33,6 @@ FLOORS: list[tuple[str, ...]] = [
     ),
     ("sglkit.cli",),  # invoke's edge: the task decorator, shared help strings, flag parsing
     ("sglkit.profile",),
-    ("sglkit.manifest",),
     # telemetry runs, and MoE kernel configs: each reads profiles; they never import each other
     ("sglkit.observability", "sglkit.kernels"),
     # the server room's core: spec, runner (builds the kernels overlay), state, telemetry, load

@@ -10,10 +10,10 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from sglkit import manifest as mf
 from sglkit import paths
 from sglkit.errors import ConfigError
 from sglkit.observability import catalog as cat
+from sglkit.observability import manifest as mf
 from sglkit.observability import status as st
 
 ISSUE_SGLANG = [

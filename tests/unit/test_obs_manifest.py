@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from sglkit import manifest as mf
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.observability import manifest as mf
 
 
 def sample(run_dir, status="ready", **over):
