@@ -7,7 +7,7 @@ overrides that would beat a test profile's own folders (SGLKIT_MODELS_ROOT,
 SGLKIT_TRITON_CACHE_DIR) are unset, so a user's environment does not change what tests use.
 
 The guard snapshots the real HOME's sglkit folders (and the real XDG and SGLKIT_* roots, where
-set) before the session and compares at its end: anything that appeared, changed or went away
+set and inside that HOME) before the session and compares at its end: anything that appeared, changed or went away
 fails the run, with the paths listed.
 
 Loaded by tests/conftest.py; `pytest -p tests.isolation` loads it alone (its own test does).
@@ -54,7 +54,10 @@ def watched(home: Path, env: dict[str, str]) -> list[Path]:
     ]
     paths += [Path(env[k]) / "sglkit" for k in XDG if env.get(k)]
     paths += [Path(env[k]) for k in (*SGLKIT_ROOTS, *SGLKIT_OVERRIDES) if env.get(k)]
-    return sorted(set(paths))
+    # only what lies in the user's HOME: a root outside it is a deployment's (in the devcontainer
+    # SGLKIT_TELEMETRY_ROOT=/telemetry, where the container's own live run writes all the time),
+    # and the sandbox points every SGLKIT_* root away from it anyway
+    return sorted({p for p in paths if p.is_relative_to(home)})
 
 
 def snapshot(paths: list[Path]) -> dict[str, tuple]:

@@ -68,3 +68,14 @@ def test_guard_passes_a_run_that_writes_elsewhere(tmp_path):
     res = _inner(tmp_path, tmp_path / "elsewhere" / "runs" / "fine")
     assert res.returncode == 0, res.stdout
     assert "touched" not in res.stdout
+
+
+def test_the_guard_watches_only_the_real_homes_folders(tmp_path):
+    """A deployment's root outside HOME (the devcontainer's /telemetry, written by its own live
+    run) is not the user's folder: watching it would fail gpu_smoke inside the container."""
+    home = tmp_path / "home"
+    env = {"SGLKIT_TELEMETRY_ROOT": "/telemetry", "SGLKIT_CACHE_ROOT": str(home / "c")}
+    paths = isolation.watched(home, env)
+    assert Path("/telemetry") not in paths
+    assert home / "c" in paths and home / ".local/share/sglkit" in paths
+    assert all(p.is_relative_to(home) for p in paths)
