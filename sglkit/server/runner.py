@@ -173,15 +173,17 @@ def signals_ignored():
 
 def stop_pid(pid: int, grace: float, proc: subprocess.Popen | None = None) -> int | None:
     """The graceful stop of a server whose main process is `pid` (the leader of its group):
-    SIGTERM to it alone, wait up to `grace` for the whole group to be gone, then TERM and KILL
-    the rest of the group. Returns the exit status where `proc` is our child."""
+    SIGTERM to it alone, wait up to `grace` for it to exit (SGLang stops its own children first),
+    then TERM and KILL whatever is left of the group. Returns the exit status where `proc` is our
+    child."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if proc is not None:
             proc.poll()
-        if not group_members(pid):
+        members = group_members(pid)
+        if pid not in members:  # the main process is gone: what is left has no one to stop it
             break
         time.sleep(0.05)
     rc = terminate_group(proc if proc is not None else pid, grace=5.0)

@@ -80,22 +80,26 @@ def up(
     rep.say(f"run: {run_dir}" if run_dir else "run: none live (obs.up starts one)")
     rep.say(f"argv: {profiles.shell_line(spec.argv())}")
     st: dict[str, Any] = {}
-    with running(server, keep=detach):
-        deadline = time.monotonic() + timeout
-        ready_s = server.wait_ready(deadline)
-        info = server.check_model(deadline)
-        st = record(spec, server, info, ready_s, run_dir, precompile_line)
-        if run_dir:
-            rep.say(f"telemetry: {telemetry.join(run_dir, live[1], spec, st)}")
-        rep.console.print(
-            f"server.up: ready: {spec.url} serves {info.get('model_path')} "
-            f"(pid {st['pid']}, {ready_s:.1f} s to ready); log {log}",
-            markup=False,
-        )
-        if not detach:
-            _serve_until_interrupted(server, rep)
-    if not detach:
-        _forget(p.name, run_dir)
+    left_running = False
+    try:
+        with running(server, keep=detach):
+            deadline = time.monotonic() + timeout
+            ready_s = server.wait_ready(deadline)
+            info = server.check_model(deadline)
+            st = record(spec, server, info, ready_s, run_dir, precompile_line)
+            if run_dir:
+                rep.say(f"telemetry: {telemetry.join(run_dir, live[1], spec, st)}")
+            rep.console.print(
+                f"server.up: ready: {spec.url} serves {info.get('model_path')} "
+                f"(pid {st['pid']}, {ready_s:.1f} s to ready); log {log}",
+                markup=False,
+            )
+            if not detach:
+                _serve_until_interrupted(server, rep)
+        left_running = detach
+    finally:
+        if not left_running and st:  # stopped, or died while serving: no record says running
+            _forget(p.name, run_dir)
     return st
 
 

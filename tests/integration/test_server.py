@@ -432,3 +432,18 @@ def test_a_node_other_than_rank_0_warms_against_the_leader_and_marks_its_own(
     finally:
         os.killpg(leader.pid, signal.SIGKILL)
         leader.wait(timeout=30)
+
+
+def test_a_foreground_server_that_dies_while_serving_leaves_no_state(tmp_path, env, free_port,
+                                                                     wait_for):  # fmt: skip
+    prof = write_profile(tmp_path, free_port())
+    p = subprocess.Popen([*INVOKE, "server.up", "-p", str(prof)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    state = tmp_path / "state" / "servers" / "standin.json"
+    wait_for(state.exists, timeout=SLOW, what="the server to be ready")
+    os.kill(json.loads(state.read_text())["pid"], signal.SIGKILL)
+    out, err = p.communicate(timeout=SLOW)
+    assert p.returncode == 1, out + err
+    assert "was killed by SIGKILL" in one_error_line(err)
+    assert not state.exists()
+    assert_gone(pgid_of(out), wait_for)
