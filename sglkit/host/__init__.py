@@ -244,6 +244,16 @@ def _run_logged(step: Step, status=None) -> None:
         raise SglkitError(f"host.setup: `{step.shown()}` exited {rc}: {last} (log: {log})")
 
 
+# Where a dockerd that host.setup starts (no systemd) writes: the system's log folder, as the
+# journal would hold it under systemd, never a user's folder (it writes for as long as it runs)
+DOCKERD_LOG = Path("/var/log/sglkit-dockerd.log")
+
+
+def dockerd_argv(prefix: list[str], dockerd: str, log: Path = DOCKERD_LOG) -> list[str]:
+    """dockerd with its output appended to `log`, opened by the daemon's own (root) shell."""
+    return [*prefix, "sh", "-c", 'exec "$0" >>"$1" 2>&1', dockerd, str(log)]
+
+
 def start_engine(host: Host, status=None) -> None:
     """Start the local engine (systemd where it runs, else dockerd) and wait until it answers."""
     from sglkit.net import wait_for
@@ -265,14 +275,14 @@ def start_engine(host: Host, status=None) -> None:
             raise SglkitError(f"host.setup: systemctl could not start docker: {last} (log: {log})")
     else:
         dockerd = shutil.which("dockerd") or "dockerd"
-        with log.open("a", encoding="utf-8") as f:
-            subprocess.Popen(
-                [*prefix, dockerd],
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives this command, as a service would
-            )
+        logs.append(LOG, f"dockerd started; its own output goes to {DOCKERD_LOG}")
+        subprocess.Popen(
+            dockerd_argv(prefix, dockerd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives this command, as a service would
+        )
     if status is not None:
         status.update("waiting for the Docker engine to answer")
 

@@ -157,3 +157,20 @@ def test_a_set_up_machine_is_a_no_op(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stderr.startswith("host.setup: nothing to do (docker, debootstrap, prometheus,")
     assert not record.exists(), record.read_text()
+
+
+def test_a_started_dockerd_writes_to_the_system_log_not_a_users_folder(tmp_path):
+    """It writes for as long as it runs: under HOME it kept changing the user's sglkit folder
+    (the test guard caught it during the e2e session)."""
+    assert Path("/var/log/sglkit-dockerd.log") == host.DOCKERD_LOG
+    argv = host.dockerd_argv(["sudo"], "/usr/sbin/dockerd")
+    assert argv[0] == "sudo" and argv[-2:] == ["/usr/sbin/dockerd", "/var/log/sglkit-dockerd.log"]
+    # the wrapper really sends the daemon's output there (a stand-in daemon, a temporary log)
+    daemon = tmp_path / "dockerd"
+    daemon.write_text("#!/bin/sh\necho daemon says hi\necho and complains >&2\n")
+    daemon.chmod(0o755)
+    log = tmp_path / "dockerd.log"
+    r = subprocess.run(host.dockerd_argv([], str(daemon), log), capture_output=True, text=True,
+                       timeout=30)  # fmt: skip
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert log.read_text() == "daemon says hi\nand complains\n"
