@@ -76,6 +76,8 @@ def test_second_start_on_the_same_ports_fails_and_leaves_latest_to_the_healthy_r
     profile = fixed_ports_profile(tmp_path)
     a = start(stacks, tmp_path, "--run-id", "healthy", profile=profile)
     ma = a.wait(lambda m: m["status"] == "ready", "run a ready")
+    # init-run writes the ready manifest, then the meta env, then moves latest
+    wait_for(lambda: os.path.lexists(a.root / "latest"), SLOW, what="latest to point at run a")
     meta_before = (a.root / mf.META_ENV).read_text()
 
     r = invoke("obs.up", "--profile", str(profile), "--root", str(a.root), "--run-id", "second")
@@ -267,7 +269,12 @@ def test_obs_up_on_the_same_root_marks_a_killed_run_abandoned(tmp_path, stacks):
     got = mf.read(old.root / "runs" / "old")
     assert got["status"] == "abandoned"
     assert "marked abandoned by obs.up" in got["reasons"][-1]
-    assert os.readlink(old.root / "latest") == os.path.join("runs", "new")
+    # latest moves right after the ready manifest is written (meta env first, then the link)
+    wait_for(
+        lambda: os.readlink(old.root / "latest") == os.path.join("runs", "new"),
+        SLOW,
+        what="latest to point at the new run",
+    )
     assert new.stop() == 0
 
 

@@ -176,7 +176,12 @@ def test_run_lifecycle_ready_targets_restart_and_clean_stop(tmp_path, stacks):
     assert m["versions"]["prometheus"].startswith("prometheus, version")
     assert m["versions"]["node_exporter"].startswith("node_exporter, version")
     assert Path(m["paths"]["prometheus_data"]).is_relative_to(run)
-    assert os.readlink(s.root / "latest") == os.path.join("runs", m["run_id"])
+    # init-run writes the ready manifest, then the meta env, then moves latest
+    wait_for(
+        lambda: os.readlink(s.root / "latest") == os.path.join("runs", m["run_id"]),
+        SLOW,
+        what="latest to point at the run",
+    )
     meta = mf.read_meta_env(s.root / mf.META_ENV)
     assert meta["SGLKIT_RUN_ID"] == m["run_id"]
     assert meta["SGLKIT_PROMETHEUS_URL"] == svc["prometheus"]["url"]
@@ -580,7 +585,11 @@ def test_two_runs_on_one_root_never_touch_each_other(tmp_path, stacks):
         SLOW,
         what="run b ready",
     )
-    assert os.readlink(a.root / "latest") == os.path.join("runs", "run-b")
+    wait_for(
+        lambda: os.readlink(a.root / "latest") == os.path.join("runs", "run-b"),
+        SLOW,
+        what="latest to point at run b",
+    )
     # run a keeps supervising its own services and writes only its own manifest
     os.kill(ma["services"]["node_exporter"]["pid"], signal.SIGKILL)
     wait_for(
