@@ -18,6 +18,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def client_host(bind: str) -> str:
+    """The address a client on this machine uses for a listener bound to `bind` (a wildcard bind,
+    0.0.0.0 or ::, is reached on loopback)."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+
+
+def host_port(bind: str, port: int) -> str:
+    """host:port of that address, an IPv6 address in brackets."""
+    h = client_host(bind)
+    return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -17,6 +17,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from sglkit import paths
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.net import client_host, host_port
 
 TEMPLATE = "prometheus.yml.j2"
 
@@ -52,18 +53,15 @@ def render(context: dict[str, Any], template: str | os.PathLike | None = None) -
         raise ConfigError(f"{path}: unsafe template: {e}") from None
 
 
-def scrape_host(host: str) -> str:
-    """The address to scrape a listener bound to `host` (0.0.0.0 / :: are reached on loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+# the address to scrape a listener bound to a host (0.0.0.0 / :: are reached on loopback)
+scrape_host = client_host
 
 
 # a run's file_sd target list for servers started by server.up, relative to the run folder
 SGLANG_TARGETS_FILE = ("prometheus", "targets", "sglang.json")
 
 
-def hostport(host: str, port: int) -> str:
-    h = scrape_host(host)
-    return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
+hostport = host_port
 
 
 def context(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sglkit import net
 from sglkit.errors import ConfigError
 from sglkit.profile import Profile
 from sglkit.versions import SGLang
@@ -34,7 +35,6 @@ PROFILE_FLAGS = {
 BOOL_FLAGS = {"enable_metrics": "--enable-metrics", "trust_remote_code": "--trust-remote-code"}
 # a flag equal to SGLang's own default is still written, except these
 OMIT_AT = {"dp": 1, "ep": 1, "nnodes": 1}
-LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,11 @@ class ServerSpec:
         or, on a node other than rank 0, the leader's (the host of --dist-init-addr)."""
         if not self.serves_http:
             return self.server["dist_init_addr"].rsplit(":", 1)[0].strip("[]")
-        return LOOPBACK_FOR.get(self.host, self.host)
+        return net.client_host(self.host)
 
     @property
     def url(self) -> str:
-        host = self.client_host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        return f"http://{net.host_port(self.client_host, self.port)}"
 
     def environment(self) -> dict[str, str]:
         """The cache and kit environment for this SGLang version (secrets pass through)."""
