@@ -22,6 +22,11 @@ Version = tuple[int, ...]
 CUDA_GRAPH_BACKEND_FLAGS: Version = (0, 5, 16)
 SGL_ENV_RENAMED: Version = (0, 5, 16)
 INFO_ENDPOINTS_RENAMED: Version = (0, 5, 16)
+# SGLang 0.5.17 kernels/ops/moe/fused_moe_triton_kernels.py: invoke_fused_moe_kernel takes
+# block-quantized fp8 activations with their scales ("Pre-quantized activation"); 0.5.16
+# quantizes A itself with a kernel it JIT-builds, and that build fails for an fp8 input
+# ("ninja exited with status 1"). Read in the 0.5.16, 0.5.17 and 0.5.23 wheels.
+MOE_KERNEL_TAKES_FP8_ACTIVATIONS: Version = (0, 5, 17)
 
 
 def parse(text: str | None) -> Version | None:
@@ -75,3 +80,8 @@ class SGLang:
         """HTTP paths to try, in order, for 'model_info' or 'server_info'."""
         new, old = f"/{name}", f"/get_{name}"
         return (new, old) if self.at_least(INFO_ENDPOINTS_RENAMED) else (old, new)
+
+    def moe_kernel_takes_fp8_activations(self) -> bool:
+        """Whether invoke_fused_moe_kernel accepts activations the caller already quantized
+        (per-token-group fp8 with scales); before, it must be given bf16 and quantizes them."""
+        return self.at_least(MOE_KERNEL_TAKES_FP8_ACTIVATIONS)

@@ -13,7 +13,9 @@ The two GEMMs here are SGLang's own `invoke_fused_moe_kernel` (a Triton kernel, 
 the installed wheel). The pieces that SGLang takes from `sgl_kernel` or from CUDA code it JIT-
 compiles (absent on the H200 device machine) are done in torch: the block alignment
 (`align_block_size`, same contract as SGLang's "+1 offset" kernels), the activation, the
-per-token-group fp8 activation quantization, and the top-k sum.
+per-token-group fp8 activation quantization where the installed kernel takes quantized
+activations (SGLang >= 0.5.17; before, the kernel quantizes bf16 activations itself, as it does
+when serving), and the top-k sum.
 
 Import this module only where torch is installed; it imports SGLang lazily.
 """
@@ -24,6 +26,8 @@ import functools
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from sglkit.versions import SGLang
 
 try:  # the dims and the plan need no torch; everything that runs a kernel does
     import torch
@@ -240,7 +244,10 @@ class MoERunner:
         self.cache2 = torch.empty(numel, dims.N, device=dev, dtype=torch.bfloat16)
         self.cache3 = torch.empty(M, dims.topk, dims.K, device=dev, dtype=torch.bfloat16)
         self.out = torch.empty(M, dims.K, device=dev, dtype=torch.bfloat16)
-        if dims.fp8:
+        # fp8: the activations are quantized here where the installed kernel takes them so
+        # (SGLang >= 0.5.17), else handed over in bf16 for SGLang to quantize, as it does itself
+        self.prequant = dims.fp8 and SGLang.here().moe_kernel_takes_fp8_activations()
+        if self.prequant:
             bk = dims.block_shape[1]
             self.a1_q = torch.zeros(M, dims.K, device=dev, dtype=torch.float8_e4m3fn)
             self.a1_s = torch.ones(M, dims.K // bk, device=dev, dtype=torch.float32)
@@ -289,30 +296,23 @@ class MoERunner:
         )
 
     def gemm1(self, config: dict) -> None:
-        if self.dims.fp8:
-            self._gemm(self.a1_q, self.a1_s, self.w.w1, self.w.w1_scale, self.cache1, False,
-                       self.dims.topk, config)  # fmt: skip
-        else:
-            self._gemm(self.hidden, None, self.w.w1, None, self.cache1, False, self.dims.topk,
-                       config)  # fmt: skip
+        a, a_s = (self.a1_q, self.a1_s) if self.prequant else (self.hidden, None)
+        self._gemm(a, a_s, self.w.w1, self.w.w1_scale, self.cache1, False, self.dims.topk, config)
 
     def gemm2(self, config: dict) -> None:
-        if self.dims.fp8:
-            self._gemm(self.a2_q, self.a2_s, self.w.w2, self.w.w2_scale, self.cache3, True, 1,
-                       config)  # fmt: skip
-        else:
-            self._gemm(self.cache2, None, self.w.w2, None, self.cache3, True, 1, config)
+        a, a_s = (self.a2_q, self.a2_s) if self.prequant else (self.cache2, None)
+        self._gemm(a, a_s, self.w.w2, self.w.w2_scale, self.cache3, True, 1, config)
 
     def forward(self, config: dict) -> torch.Tensor:
         d = self.dims
-        if d.fp8:
+        if self.prequant:
             q, s = quant_per_token_group(self.hidden, d.block_shape[1])
             self.a1_q.copy_(q)
             self.a1_s.copy_(s)
         self.gemm1(config)
         gate, up = self.cache1[:, : d.N], self.cache1[:, d.N :]
         torch.mul(torch.nn.functional.silu(gate), up, out=self.cache2)
-        if d.fp8:
+        if self.prequant:
             q, s = quant_per_token_group(self.cache2, d.block_shape[1])
             self.a2_q.copy_(q)
             self.a2_s.copy_(s)
