@@ -19,3 +19,14 @@ def gpu0() -> tuple[str, str]:
     finally:
         pynvml.nvmlShutdown()
     return (name.decode() if isinstance(name, bytes) else name), f"{major}.{minor}"
+
+
+def free_bytes(index: int = 0) -> int:
+    """Free memory of GPU `index` in bytes; raises when NVML cannot answer."""
+    import pynvml  # type: ignore[import-not-found]
+
+    pynvml.nvmlInit()
+    try:
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+    finally:
+        pynvml.nvmlShutdown()

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.add_argument("--lock-timeout", type=float, default=0.0)
     d.add_argument("--dry-run", action="store_true")
+    d.add_argument("--jobs", type=int)
     s = sub.add_parser("status", help="cache folders, sizes, markers")
     s.add_argument("--profile")
     e = sub.add_parser("export", help="pack the warmed DeepGEMM cache")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher=args.launcher,
             port=args.port,
             timeout=args.timeout,
+            jobs=args.jobs,
         )
         if args.dry_run:
             print(json.dumps(deepgemm.describe(pl), indent=2))

@@ -9,6 +9,9 @@ timeout, a dead child is noticed within a poll interval, the whole process group
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import os
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -16,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sglkit import profile as profiles
+from sglkit.cache import deepgemm_parallel as par
 from sglkit.cache import fingerprint, store
+from sglkit.cache import gemm_shapes as gs
 from sglkit.errors import ConfigError
 from sglkit.server import spec as server_spec
 from sglkit.server.runner import Reporter, Server, running
@@ -53,6 +58,7 @@ class Plan:
     env: dict[str, str]  # what the child gets on top of the caller's environment
     folder: Path
     timeout: float
+    jobs: int | None = None  # compile workers before the server's own warm; None: as many as fit
 
     @property
     def profile(self) -> profiles.Profile:
@@ -73,11 +79,14 @@ def plan(
     timeout: float = 3600.0,
     node_rank: int | None = None,
     dist_init_addr: str | None = None,
+    jobs: int | None = None,
 ) -> Plan:
     """Resolve what would run; raise ConfigError (exit 2) naming the flag or field at fault."""
     p = profiles.load(profile)
     if timeout is None or timeout <= 0:
         raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout!r}")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number of workers, got {jobs}")
     if model is not None and not str(model).strip():
         raise ConfigError("--model: expected a model path or hub id")
     if model is not None:
@@ -132,7 +141,35 @@ def plan(
         env={**spec.environment(), **warm_environment(spec.sglang)},
         folder=p.cache_dirs()[KIND],
         timeout=float(timeout),
+        jobs=jobs,
     )
+
+
+def shape_plan(spec: server_spec.ServerSpec) -> gs.Plan:
+    """The DeepGEMM shapes one GPU of this server compiles (sglkit.cache.gemm_shapes)."""
+    config = spec.profile.model_config_path()
+    if config is None or not config.is_file():
+        return gs.Plan((), "no config.json of the model here")
+    flags = spec.flag_values()
+    return gs.plan(
+        config,
+        tp=spec.server["tp"],
+        ep=spec.server["ep"] or 1,
+        moe_runner_backend=flags.get("--moe-runner-backend"),
+        disable_shared_experts_fusion=bool(flags.get("--disable-shared-experts-fusion")),
+    )
+
+
+# SGLang logs this line for every shape it sweeps (compile_utils, 0.5.16-0.5.23)
+SWEEP_LINE = re.compile(r"DeepGEMM JIT Compiling for <(\w+)> N=(\d+), K=(\d+), num_groups=(\d+)")
+
+
+def swept_shapes(log_text: str) -> list[tuple[str, int, int, int]]:
+    """(kind, N, K, groups) of every shape the server swept, in order, from its log."""
+    seen: dict[tuple, None] = {}
+    for m in SWEEP_LINE.finditer(log_text):
+        seen.setdefault((m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))))
+    return list(seen)
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -191,6 +228,8 @@ def describe(pl: Plan) -> dict[str, Any]:
         "url": pl.spec.url,
         "fingerprint": fp.to_json(),
         "marker": "none" if marker is None else ("matches" if not diff else f"differs: {diff[0]}"),
+        "shapes": [s.label() for s in shape_plan(pl.spec).shapes],
+        "jobs": "auto" if pl.jobs is None else pl.jobs,
     }
 
 
@@ -229,8 +268,10 @@ def warm(
         for unknown in fp.unknown:
             rep.say(f"fingerprint: {unknown} unknown here ({fp.reasons.get(unknown, '?')})")
         started = dt.datetime.now(dt.timezone.utc)
+        parallel = compile_in_parallel(pl, rep)
+        before = par.kernel_files(pl.folder)
         server.log_path.write_text(f"# {started.isoformat()} {shlex.join(pl.argv)}\n")
-        rep.set_phase("starting the server")
+        rep.set_phase("starting the server" + (" to check the cache" if parallel else ""))
         rep.say(f"argv: {shlex.join(pl.argv)}")
         with running(server):
             deadline = time.monotonic() + pl.timeout
@@ -239,6 +280,10 @@ def warm(
             rep.set_phase("sending the warm-up request (compiling kernels)")
             server.post("/generate", WARMUP_REQUEST, deadline)
         finished = dt.datetime.now(dt.timezone.utc)
+        check = None
+        if parallel is not None:
+            check = verify(parallel, before, par.kernel_files(pl.folder), server.log_path)
+            rep.say(check["line"])
         marker = {
             "kind": KIND,
             "fingerprint": fp.to_json(),
@@ -253,9 +298,83 @@ def warm(
             "duration_s": round((finished - started).total_seconds(), 3),
             "log": str(server.log_path),
         }
+        if parallel is not None:
+            marker["parallel"] = {**parallel.to_json(), **{k: v for k, v in check.items()
+                                                           if k != "line"}}  # fmt: skip
         store.write_marker(pl.folder, marker, pl.spec.node)
     rep.say(f"warm: {pl.folder} (marker {store.marker_path(pl.folder, pl.spec.node)})")
     return Result("warmed", marker, rep.elapsed())
+
+
+def default_jobs(shapes: list[gs.Shape], ms_guess: list[int]) -> tuple[int, str]:
+    """Workers when --jobs is not given: the cores this process may use, capped by GPU memory."""
+    from sglkit import nvml
+
+    try:
+        free = nvml.free_bytes()
+    except Exception:
+        free = None
+    return gs.jobs_for(shapes, ms_guess, len(os.sched_getaffinity(0)), free)
+
+
+def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
+    """Compile the profile's DeepGEMM kernels in worker processes before the server's own warm
+    (which then only checks them), or say in one line why not and return None."""
+    if pl.jobs == 1:
+        return None
+    missing = [m for m in ("sglang", "deep_gemm") if importlib.util.find_spec(m) is None]
+    if missing:
+        rep.say(f"parallel compile: skipped ({' and '.join(missing)} not importable here); "
+                "the server warms alone")  # fmt: skip
+        return None
+    shapes = shape_plan(pl.spec)
+    if not shapes.shapes:
+        rep.say(f"parallel compile: skipped ({shapes.reason}); the server warms alone")
+        return None
+    flags = pl.spec.flag_values()
+    cps = flags.get("--chunked-prefill-size")
+    cps = int(cps) if cps is not None else None
+    env = {**pl.env}
+    fast = str(env.get("SGLANG_JIT_DEEPGEMM_FAST_WARMUP", os.environ.get(
+        "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", ""))).lower() in ("1", "true", "yes")  # fmt: skip
+    if pl.jobs is None:
+        jobs, why = default_jobs(list(shapes.shapes), gs.m_values(cps or 8192, fast))
+    else:
+        jobs, why = pl.jobs, "--jobs"
+    rep.set_phase(f"compiling {len(shapes.shapes)} DeepGEMM shapes on {jobs} workers")
+    rep.say(f"parallel compile: {len(shapes.shapes)} shapes ({shapes.reason}): "
+            + "; ".join(s.label() for s in shapes.shapes) + f"; workers: {why}")  # fmt: skip
+    out = par.compile_all(
+        shapes=list(shapes.shapes),
+        flags=pl.spec.server_args(),
+        env=env,
+        folder=pl.folder,
+        jobs=jobs,
+        chunked_prefill_size=cps,
+        fast_warmup=fast,
+        say=rep.say,
+    )
+    rep.say(f"parallel compile: {out.files} kernel files in {out.seconds:.1f} s "
+            f"({out.worker_seconds:.0f} worker-seconds); the server now checks them")  # fmt: skip
+    return out
+
+
+def verify(out: par.Outcome, before: set[str], after: set[str], log: Path) -> dict:
+    """Did the server, sweeping every M of every shape on the cache, compile anything new?"""
+    swept = swept_shapes(log.read_text(errors="replace")) if log.is_file() else []
+    planned = {s.key for s in out.shapes}
+    unplanned = [f"{k} N={n} K={kk} groups={g}" for k, n, kk, g in swept
+                 if (k, n, kk, g) not in planned]  # fmt: skip
+    added = sorted(after - before)
+    if not added:
+        line = (f"verified: the server swept {len(swept)} shapes on this cache and compiled "
+                f"nothing new ({len(after)} files)")  # fmt: skip
+    else:
+        line = (f"incomplete: the server compiled {len(added)} more kernel files"
+                + (f" (shapes not in the plan: {', '.join(unplanned)})" if unplanned else "")
+                + "; its own warm completed the cache")  # fmt: skip
+    return {"verified": not added, "server_added": len(added), "swept_shapes": len(swept),
+            "unplanned_shapes": unplanned, "line": line}  # fmt: skip
 
 
 def log_path(pl: Plan) -> Path:

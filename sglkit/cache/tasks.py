@@ -39,6 +39,8 @@ from sglkit.errors import ConfigError
         "node-rank": NODE_RANK_HELP + "; each node warms and marks its own",
         "dist-init-addr": DIST_INIT_HELP,
         "dry-run": "print the argv, environment, folder and fingerprint as JSON; run nothing",
+        "jobs": "compile the kernels in N worker processes first, then let the server check "
+        "them (default: the cores here, capped by GPU memory; 1: the server warms alone)",
     }
 )
 def deepgemm_(
@@ -55,6 +57,7 @@ def deepgemm_(
     dry_run=False,
     node_rank=None,
     dist_init_addr=None,
+    jobs=None,
 ):
     """Warm the DeepGEMM cache: run the server with the profile's argv and one warm-up request."""
     pl = deepgemm.plan(
@@ -66,6 +69,7 @@ def deepgemm_(
         timeout=number(timeout, "--timeout", float, default=3600.0),
         node_rank=number(node_rank, "--node-rank", int),
         dist_init_addr=dist_init_addr,
+        jobs=number(jobs, "--jobs", int, minimum=1),
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))

@@ -1,0 +1,202 @@
+"""Compile a profile's DeepGEMM kernels in parallel worker processes, into the cache folder.
+
+Each worker imports the installed SGLang once and runs its own warm-up routine,
+`compile_utils._compile_deep_gemm_one_type_all(kind, n, k, groups, m_list)`, on one shape and
+one slice of M (sglkit.cache.gemm_shapes), with the environment the warm-up server gets. So the
+folder ends up holding the kernels the server looks up, compiled by the code that looks them up.
+
+Concurrency: DeepGEMM (sgl-deep-gemm 0.1.4) compiles a kernel into a temporary file under
+`<cache>/tmp/` and renames it into `<cache>/cache/kernel.<name>.<hash>/`: two workers that build
+the same kernel both rename a whole file into place, so readers never see half a file. A worker
+that dies mid-compile can leave a temporary file and an empty kernel folder; `discard_partial`
+removes those, and the warm fails in one line with no marker written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sglkit.cache import gemm_shapes as gs
+from sglkit.cache import store
+from sglkit.errors import SglkitError
+
+# ---- in the worker processes ---------------------------------------------------------------------
+
+
+def _init(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ["TQDM_DISABLE"] = "1"  # SGLang's per-M progress bar, once per worker
+    from sglang.srt.layers.deep_gemm_wrapper import compile_utils  # noqa: F401 (the slow import)
+
+
+def _ping() -> int:
+    time.sleep(0.5)  # keeps this worker busy so that the pool starts all of them
+    return os.getpid()
+
+
+def _chunked_prefill_size(flags: list[str]) -> int:
+    """The chunked prefill size SGLang settles on for these flags on this GPU."""
+    from sglang.srt.server_args import prepare_server_args
+
+    value = prepare_server_args(list(flags)).chunked_prefill_size
+    return -1 if value is None else int(value)
+
+
+def _compile(kind: str, n: int, k: int, groups: int, ms: tuple[int, ...]) -> float:
+    from sglang.srt.layers.deep_gemm_wrapper import compile_utils as cu
+
+    t0 = time.perf_counter()
+    cu._compile_deep_gemm_one_type_all(
+        kernel_type=cu.DeepGemmKernelType[kind], n=n, k=k, num_groups=groups, m_list=list(ms)
+    )
+    return time.perf_counter() - t0
+
+
+# ---- in the caller -------------------------------------------------------------------------------
+
+
+def kernel_files(folder: Path) -> set[str]:
+    """Files in a DeepGEMM cache folder (relative paths), without temporary files, locks and
+    the kit's marker: what a compile adds to."""
+    if not folder.is_dir():
+        return set()
+    out = set()
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if rel.parts[0] in ("tmp", "locks") or not p.is_file():
+            continue
+        if len(rel.parts) == 1 and store.is_marker(p.name):
+            continue
+        out.add(str(rel))
+    return out
+
+
+def discard_partial(folder: Path, since: float) -> list[str]:
+    """Remove what a dead compile leaves: temporary files, kernel folders without a file."""
+    gone: list[str] = []
+    tmp = folder / "tmp"
+    if tmp.is_dir():
+        for p in tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if p.is_file() and p.stat().st_mtime >= since - 1:
+                    p.unlink()
+                    gone.append(str(p))
+    cache = folder / "cache"
+    if cache.is_dir():
+        for d in cache.iterdir():
+            with contextlib.suppress(OSError):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+                    gone.append(str(d))
+    return gone
+
+
+@dataclass
+class Outcome:
+    jobs: int
+    shapes: list[gs.Shape]
+    m_count: int
+    chunked_prefill_size: int
+    items: int = 0
+    seconds: float = 0.0
+    worker_seconds: float = 0.0
+    files: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "jobs": self.jobs,
+            "shapes": [s.label() for s in self.shapes],
+            "m_values": self.m_count,
+            "chunked_prefill_size": self.chunked_prefill_size,
+            "items": self.items,
+            "seconds": round(self.seconds, 2),
+            "worker_seconds": round(self.worker_seconds, 2),
+            "files": self.files,
+        }
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop every worker now (a shutdown would wait for compiles in flight)."""
+    procs = list(getattr(pool, "_processes", {}).values())  # no public handle to the workers
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(5)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compile_all(
+    *,
+    shapes: list[gs.Shape],
+    flags: list[str],
+    env: dict[str, str],
+    folder: Path,
+    jobs: int,
+    chunked_prefill_size: int | None,
+    fast_warmup: bool,
+    say,
+) -> Outcome:
+    """Compile every shape for every M the server will use, `jobs` workers at once."""
+    started = time.time()
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init,
+                               initargs=(env,))  # fmt: skip
+    ok = False
+    try:
+        warm = [pool.submit(_ping) for _ in range(jobs)]
+        if chunked_prefill_size is None:
+            say("asking SGLang for the chunked prefill size it picks on this GPU")
+            chunked_prefill_size = pool.submit(_chunked_prefill_size, flags).result()
+        for f in warm:
+            f.result()
+        ms = gs.m_values(chunked_prefill_size, fast_warmup)
+        work = gs.items(shapes, ms, jobs)
+        out = Outcome(jobs, list(shapes), len(ms), chunked_prefill_size, items=len(work))
+        say(f"{len(work)} slices of {len(shapes)} shapes x {len(ms)} M values on {jobs} "
+            f"workers ({time.perf_counter() - t0:.0f} s to start them)")  # fmt: skip
+        futs = {pool.submit(_compile, it.shape.kind, it.shape.n, it.shape.k, it.shape.groups,
+                            it.ms): it for it in work}  # fmt: skip
+        pending, done_n = set(futs), 0
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                out.worker_seconds += f.result()  # re-raises a worker's error
+                done_n += 1
+                say(f"[{done_n}/{len(work)}] {futs[f].label()} "
+                    f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        ok = True
+    except BrokenProcessPool:
+        raise SglkitError(
+            "cache.deepgemm --jobs: a compile worker died (killed or crashed; see dmesg for "
+            "the out-of-memory killer); no marker written; --jobs 1 warms with the server alone"
+        ) from None
+    except Exception as e:
+        if isinstance(e, SglkitError):
+            raise
+        raise SglkitError(
+            f"cache.deepgemm --jobs: a compile worker failed ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}); no marker "
+            "written; --jobs 1 warms with the server alone"
+        ) from None
+    finally:
+        if ok:
+            pool.shutdown(wait=True)
+        else:
+            _kill(pool)
+            gone = discard_partial(folder, started)
+            if gone:
+                say(f"removed {len(gone)} partial entries the stopped workers left in {folder}")
+    out.seconds = time.perf_counter() - t0
+    out.files = len(kernel_files(folder))
+    return out
