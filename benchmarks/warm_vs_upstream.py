@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""A cold DeepGEMM warm three ways, each on an empty cache folder, on the GPU here:
+
+  upstream  python3 -m sglang.compile_deep_gemm with the profile's serving flags
+  serial    invoke cache.deepgemm --jobs 1   (the server compiles one shape after another)
+  parallel  invoke cache.deepgemm --jobs N   (worker processes compile every shape at once,
+            then the server sweeps the cache and must compile nothing)
+
+The order of the methods is rotated from repeat to repeat, so drift on a shared machine spreads
+evenly. It prints, per method, the median and maximum seconds, the ratio of the medians to
+upstream's, and the kernel files each left; the card is read from NVML. Goal: parallel at most
+0.35x upstream on a model with at least 6 DeepGEMM shapes (profile deepseek-v3-fp8-2l: 6).
+
+    python3 benchmarks/warm_vs_upstream.py --profile deepseek-v3-fp8-2l --repeats 3
+
+Runs of one method can be taken in separate calls and joined: `--methods upstream --json a.json`,
+then `--merge a.json b.json` prints the table of all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sglkit.cache import deepgemm_parallel as par  # noqa: E402
+from sglkit.net import free_port  # noqa: E402
+
+METHODS = ("upstream", "serial", "parallel")
+
+
+def card() -> str:
+    try:
+        from sglkit import nvml
+
+        return nvml.gpu0()[0]
+    except Exception as e:  # no NVML here
+        return f"unknown ({type(e).__name__})"
+
+
+def upstream_argv(profile: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """compile_deep_gemm with the serving spec's flags and the profile's cache environment."""
+    from sglkit import profile as profiles
+    from sglkit.server import spec as server_spec
+
+    spec = server_spec.build(profiles.load(profile), server_spec.Overrides(port=port))
+    return [sys.executable, "-m", "sglang.compile_deep_gemm", *spec.server_args()], \
+        spec.environment()  # fmt: skip
+
+
+def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: float) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=work))
+    env = {**os.environ, "SGLKIT_CACHE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    if method == "upstream":
+        os.environ["SGLKIT_CACHE_ROOT"] = str(root)  # the profile's cache.root reads it
+        argv, extra = upstream_argv(profile, port)
+        env.update(extra)
+    else:
+        n = "1" if method == "serial" else str(jobs or "")
+        argv = [sys.executable, "-m", "invoke", "cache.deepgemm", "-p", profile, "--port",
+                str(port), *(["--jobs", n] if n else [])]  # fmt: skip
+    log = root / "run.log"
+    print(f"[{method}] {shlex.join(argv)}", flush=True)
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        r = subprocess.run(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                           timeout=timeout)  # fmt: skip
+    seconds = time.monotonic() - t0
+    files = len(par.kernel_files(root / "deepgemm"))
+    out = {"method": method, "seconds": round(seconds, 1), "rc": r.returncode, "files": files,
+           "log": str(log)}  # fmt: skip
+    marker = root / "deepgemm" / ".sglkit-marker.json"
+    if marker.is_file():
+        out["parallel"] = json.loads(marker.read_text()).get("parallel")
+    print(f"[{method}] {seconds:.1f} s, exit {r.returncode}, {files} kernel files", flush=True)
+    if r.returncode != 0:
+        print(log.read_text()[-3000:], flush=True)
+    return out
+
+
+def table(runs: list[dict], gpu: str, command: str) -> str:
+    by = {m: [r for r in runs if r["method"] == m and r["rc"] == 0] for m in METHODS}
+    base = statistics.median([r["seconds"] for r in by["upstream"]]) if by["upstream"] else None
+    lines = [f"card: {gpu}", "",
+             "| method | runs | median s | max s | vs upstream | kernel files |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for m in METHODS:
+        rs = by[m]
+        if not rs:
+            continue
+        secs = [r["seconds"] for r in rs]
+        med = statistics.median(secs)
+        ratio = f"{med / base:.2f}x" if base else "-"
+        files = "/".join(sorted({str(r["files"]) for r in rs}))
+        lines.append(f"| {m} | {len(rs)} | {med:.1f} | {max(secs):.1f} | {ratio} | {files} |")
+    failed = [r for r in runs if r["rc"] != 0]
+    if failed:
+        names = ", ".join(f"{r['method']} (exit {r['rc']})" for r in failed)
+        lines.append(f"\nfailed runs: {names}")
+    lines += ["", f"rerun: {command}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="deepseek-v3-fp8-2l")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--jobs", type=int, help="workers for parallel (default: the kit's choice)")
+    ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--work", help="folder for the cache roots (default: a temporary one)")
+    ap.add_argument("--json", help="write the runs here")
+    ap.add_argument("--merge", nargs="+", help="print the table of these --json files; run nothing")
+    a = ap.parse_args(argv)
+    command = "python3 benchmarks/warm_vs_upstream.py " + shlex.join(argv or sys.argv[1:])
+    if a.merge:
+        runs, gpus = [], set()
+        for f in a.merge:
+            data = json.loads(Path(f).read_text())
+            runs += data["runs"]
+            gpus.add(data["card"])
+        print(table(runs, " / ".join(sorted(gpus)), command))
+        return 0
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or a.repeats < 1:
+        ap.error(f"--methods: one of {', '.join(METHODS)}" if bad else "--repeats: at least 1")
+    work = Path(a.work or tempfile.mkdtemp(prefix="warm-vs-upstream-"))
+    work.mkdir(parents=True, exist_ok=True)
+    gpu, runs = card(), []
+    for rep in range(a.repeats):
+        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
+        for m in order:
+            runs.append(one_run(m, a.profile, a.jobs, work, a.timeout))
+            if a.json:
+                Path(a.json).write_text(json.dumps({"card": gpu, "profile": a.profile,
+                                                    "runs": runs}, indent=2))  # fmt: skip
+    print(table(runs, gpu, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
