@@ -18,7 +18,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +169,7 @@ def compile_all(
                             it.ms): it for it in work}  # fmt: skip
         pending, done_n = set(futs), 0
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 out.worker_seconds += f.result()  # re-raises a worker's error
                 done_n += 1
