@@ -153,9 +153,10 @@ def up(
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
 def down(c, profile=None, name=None, grace=None):
     """Stop and remove the devcontainer; telemetry and caches stay on the host."""
+    grace_s = number(grace, "--grace", default=10.0)
     p = profiles.load(profile)
     name = name or p.container["name"]
-    labels = lifecycle.down(engine.client(), name, grace=number(grace, "--grace", default=10.0))
+    labels = lifecycle.down(engine.client(), name, grace=grace_s)
     if labels is None:
         echo(f"{name}: no such container (nothing to do)")
         return
