@@ -446,17 +446,16 @@ class InitRun:
         g = self.specs["grafana"]
         if g.argv is None:
             return
-        from sglkit.observability.report import parse_duration
-
         gpu = self.specs["gpu_exporter"]
+        # read as obs.report reads it, so both get the same rate window
+        interval = promconfig.parse_duration(self.profile.telemetry["scrape_interval"]) or 5.0
         texts = grafanas.files(
             self.run_dir,
             bind=g.bind,
             port=g.port,
             prometheus_url=self.specs["prometheus"].url,
             gpu_scheme=gpu.kind if gpu.argv else None,
-            # read as obs.report reads it, so both get the same rate window
-            scrape_interval_s=parse_duration(self.profile.telemetry["scrape_interval"]) or 5.0,
+            scrape_interval_s=interval,
             run_id=self.run_id,
         )
         layout = grafanas.layout(self.run_dir)
