@@ -39,7 +39,7 @@ from sglkit import profile as profiles
 from sglkit.cli import ROOT_HELP, main_guard
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_text
-from sglkit.net import free_port, port_in_use
+from sglkit.net import free_port, port_in_use, probe_host
 from sglkit.observability import config as promconfig
 from sglkit.observability import grafana as grafanas
 from sglkit.observability import manifest as mf
@@ -212,7 +212,7 @@ def check_options(o: Options) -> None:
 
 def choose_ports(profile, bind: str, mode: str | None) -> dict[str, int]:
     if mode == "auto":
-        host = bind if bind not in ("", "::") else "127.0.0.1"
+        host = probe_host(bind)
         chosen: dict[str, int] = {}
         while len(chosen) < len(svcs.PORT_NAMES):
             p = free_port(host)
@@ -504,7 +504,7 @@ class InitRun:
     def start(self, s: Service, first: bool) -> None:
         spec = s.spec
         for port, label in spec.listens:
-            host = spec.bind if spec.bind not in ("", "::") else "127.0.0.1"
+            host = probe_host(spec.bind)
             try:
                 busy = bool(port) and port_in_use(port, host)
             except OSError as e:  # the address went away since check_bind
