@@ -20,7 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from sglkit import paths
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.net import client_host, host_port
+from sglkit.net import host_port
 
 TEMPLATE = "prometheus.yml.j2"
 DEFAULT_SCRAPE_INTERVAL_S = 15.0  # for a run that recorded no interval
@@ -57,10 +57,6 @@ def render(context: dict[str, Any], template: str | os.PathLike | None = None) -
         raise ConfigError(f"{path}: line {e.lineno}: {e.message}") from None
     except jinja2.exceptions.SecurityError as e:
         raise ConfigError(f"{path}: unsafe template: {e}") from None
-
-
-# the address to scrape a listener bound to a host (0.0.0.0 / :: are reached on loopback)
-scrape_host = client_host
 
 
 # a run's file_sd target list for servers started by server.up, relative to the run folder

@@ -36,7 +36,7 @@ import requests
 
 import sglkit
 from sglkit import profile as profiles
-from sglkit.cli import ROOT_HELP, main_guard
+from sglkit.cli import PROFILE_HELP, ROOT_HELP, main_guard
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_text
 from sglkit.net import free_port, port_in_use, probe_host
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> Options:
         prog="python -m sglkit.observability.init_run",
         description="Start a per-run telemetry stack and supervise it until SIGTERM/SIGINT.",
     )
-    ap.add_argument("--profile", help="profile name or YAML path (default: $SGLKIT_PROFILE)")
+    ap.add_argument("--profile", help=PROFILE_HELP)
     ap.add_argument("--root", help=ROOT_HELP)
     ap.add_argument("--run-id", help="run id (default: a new one); an existing id is refused")
     ap.add_argument("--bind", help="listen address (default: the profile's telemetry.bind)")
