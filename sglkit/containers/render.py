@@ -122,11 +122,12 @@ def container_env() -> dict[str, str]:
 def home_links() -> dict[str, str]:
     """Links in the dev user's HOME -> where they point under /cache (the user's fork had
     FlashInfer's cache there). FlashInfer appends `.cache/flashinfer` to its
-    FLASHINFER_WORKSPACE_BASE, so the link and the variable name the same folder."""
-    from sglkit.profile import load_cache_layout
+    FLASHINFER_WORKSPACE_BASE (the image's: cache_env()), so the link and the variable name the
+    same folder."""
+    from sglkit.profile import cache_folders
 
-    fi = load_cache_layout()["flashinfer"]["dir"]
-    return {".cache/flashinfer": f"{MOUNT_POINTS['cache']}/{fi}/.cache/flashinfer"}
+    fi = cache_folders(MOUNT_POINTS["cache"])["flashinfer"]
+    return {".cache/flashinfer": f"{fi}/.cache/flashinfer"}
 
 
 def dockerfile(variant: str, base_image: str | None = None) -> str:
