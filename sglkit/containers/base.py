@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -32,8 +31,6 @@ CHANGES = [
     'CMD ["/bin/bash"]',
 ]
 
-_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
 
 def debootstrap_argv(target: str | os.PathLike, suite: str = SUITE, mirror: str = MIRROR) -> list:
     return ["debootstrap", "--variant=minbase", suite, str(target), mirror]
@@ -41,10 +38,6 @@ def debootstrap_argv(target: str | os.PathLike, suite: str = SUITE, mirror: str 
 
 def tar_argv(root: str | os.PathLike, out: str | os.PathLike) -> list[str]:
     return ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(out), "."]
-
-
-def host_arch() -> str:
-    return _DPKG_ARCH.get(platform.machine(), platform.machine())
 
 
 def ensure(
