@@ -1,4 +1,5 @@
-"""Ports and waiting: free loopback ports, and waiting on a condition with a deadline."""
+"""Ports and waiting: free loopback ports, the address a client (or a port check) uses for a
+listener's bind, and waiting on a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def host_port(bind: str, port: int) -> str:
     """host:port of that address, an IPv6 address in brackets."""
     h = client_host(bind)
     return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
+
+
+def probe_host(bind: str) -> str:
+    """The address to choose or check a port on for a listener bound to `bind` (unlike
+    client_host, a 0.0.0.0 bind is checked as itself: the port must be free on every interface;
+    :: and an empty bind are checked on loopback, the probe sockets being IPv4)."""
+    return bind if bind not in ("", "::") else "127.0.0.1"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

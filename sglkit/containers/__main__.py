@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from sglkit import profile as profiles
-from sglkit.cli import main_guard
+from sglkit.cli import PROFILE_HELP, main_guard
 from sglkit.containers import build, lifecycle, render
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sglkit.containers")
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser("storage", help="create the host folders the container mounts")
-    st.add_argument("--profile", help="profile name or YAML path (default: $SGLKIT_PROFILE)")
+    st.add_argument("--profile", help=PROFILE_HELP)
     args = ap.parse_args(argv)
     p = profiles.load(args.profile)
     uid, gid = build.dev_ids()

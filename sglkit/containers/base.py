@@ -1,21 +1,22 @@
-"""The offline base image: Debian bookworm from the Debian archive (debootstrap + docker import).
+"""The base image (Debian bookworm): pulled, or built offline from the Debian archive.
 
-Where no registry is reachable (this CI, air-gapped sites) `debian:bookworm` cannot be pulled; we
-build the same thing from the archive: `debootstrap --variant=minbase bookworm <dir> <mirror>`,
-tar the tree, and import it with the docker SDK.
+`pull_or_build` is what container.build and container.up use. Where no registry is reachable
+(this CI, air-gapped sites) `debian:bookworm` cannot be pulled; we build the same thing from the
+archive: `debootstrap --variant=minbase bookworm <dir> <mirror>`, tar the tree, and import it
+with the docker SDK.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from sglkit import logs as kitlogs
 from sglkit.containers import engine
 from sglkit.errors import SglkitError
 
@@ -30,8 +31,6 @@ CHANGES = [
     'CMD ["/bin/bash"]',
 ]
 
-_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
 
 def debootstrap_argv(target: str | os.PathLike, suite: str = SUITE, mirror: str = MIRROR) -> list:
     return ["debootstrap", "--variant=minbase", suite, str(target), mirror]
@@ -39,10 +38,6 @@ def debootstrap_argv(target: str | os.PathLike, suite: str = SUITE, mirror: str 
 
 def tar_argv(root: str | os.PathLike, out: str | os.PathLike) -> list[str]:
     return ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(out), "."]
-
-
-def host_arch() -> str:
-    return _DPKG_ARCH.get(platform.machine(), platform.machine())
 
 
 def ensure(
@@ -53,6 +48,36 @@ def ensure(
     if not rebuild and engine.image_exists(c, tag):
         return c.images.get(tag).id
     return build(c, tag=tag, mirror=mirror, console=console)
+
+
+def pull_or_build(c, console, offline: bool | None = None, tag: str = BASE_IMAGE) -> str:
+    """The base image: present, else pulled (unless offline), else built with debootstrap.
+
+    offline None: pull, and where no registry answers build instead (a note names the log with
+    why); False: pull or fail; True: never pull.
+    """
+    if engine.image_exists(c, tag):
+        return c.images.get(tag).id
+    if not offline:
+        console.print(f"[bold]base[/]: {tag} is not here yet; pulling debian:{SUITE}")
+        try:
+            img = c.images.pull("debian", tag=SUITE)
+            repo, _, version = tag.rpartition(":")
+            img.tag(repo, version)
+            console.print(f"[bold]base[/]: pulled debian:{SUITE} as {tag}")
+            return img.id
+        except Exception as e:
+            if offline is False:
+                raise SglkitError(
+                    f"container.base: cannot pull debian:{SUITE} "
+                    f"({engine._short(e)}); run `invoke container.base --offline`"
+                ) from None
+            log = kitlogs.append("container", f"base: pull debian:{SUITE} failed", str(e))
+            console.print(
+                f"[bold]base[/]: no registry answers, so {tag} will be built from the Debian "
+                f"archive with debootstrap (once; about a minute or two; details in {log})"
+            )
+    return build(c, tag=tag, console=console)
 
 
 def build(c, tag: str = BASE_IMAGE, mirror: str = MIRROR, console=None) -> str:

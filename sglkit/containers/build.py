@@ -1,4 +1,8 @@
-"""container.build: assemble the build context, stream the build log live, tag, record the id."""
+"""container.build: assemble the build context, stream the build log live, tag, record the id.
+
+`for_profile` is the whole of container.build (and of container.up's build of a missing image):
+the profile's variant and tag, the base image first for the cpu variant, the record.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sglkit import paths
-from sglkit.containers import engine, render
+from sglkit.containers import base, engine, render
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_json
+from sglkit.profile import Profile
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
 CA_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -157,3 +162,55 @@ def record(storage: Path, variant: str, tag: str, image_id: str, args: dict[str,
         storage / "images" / f"{variant}.json",
         {"variant": variant, "tag": tag, "id": image_id, "built_at": now, "build_args": args},
     )
+
+
+def default_tag(profile: Profile, variant: str) -> str:
+    """The profile's container.image for its own variant, else sglkit/dev:<variant>."""
+    if variant == profile.container["variant"]:
+        return profile.container["image"]
+    return f"sglkit/dev:{variant}"
+
+
+def for_profile(
+    client,
+    profile: Profile,
+    variant: str | None = None,
+    tag: str | None = None,
+    build_arg=(),
+    ca_bundle_path: str | None = None,
+    no_cache: bool = False,
+    console=None,
+) -> Any:
+    """Build a profile's image (variant and tag default to its container section), streaming
+    the log to `console`, and record it under container.storage; return the image."""
+    if console is None:
+        from sglkit.console import err
+
+        console = err()
+    variant = render.check_variant(variant or profile.container["variant"])
+    tag = tag or default_tag(profile, variant)
+    extra = parse_build_args(build_arg)
+    base_image = profile.container["base_image"] if variant in render.GPU_VARIANTS else None
+    if variant == "cpu" and "BASE_IMAGE" not in extra:
+        base.pull_or_build(client, console)
+    user = profile.container["user"]
+    args = build_args(variant, extra, base_image, user)
+    ca = ca_bundle(ca_bundle_path)
+    console.print(
+        f"[bold]build[/]: {variant} -> {tag} (dev user {args['DEV_USER']} uid {args['DEV_UID']}"
+        f"{', extra CA ' + str(ca) if ca else ''})"
+    )
+    image = build(
+        client,
+        variant=variant,
+        tag=tag,
+        extra_args=extra,
+        base_image=base_image,
+        ca=ca,
+        no_cache=no_cache,
+        on_line=lambda line: console.print(f"  {line}", markup=False, style="dim"),
+        user=user,
+    )
+    rec = record(Path(profile.container["storage"]), variant, tag, image.id, args)
+    console.print(f"[bold]build[/]: {tag} = {image.id} (recorded in {rec})")
+    return image

@@ -134,6 +134,7 @@ def plan(
     env = {
         "SGLKIT_PROFILE": profile_in_container,
         "SGLKIT_RUN_ID": run_id,
+        **render.profile_env(profile),  # the profile's cache.dirs, over the image's folders
         **(secrets or {}),
     }
     labels = {

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from sglkit import paths
 from sglkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sglkit.profile import Profile
 
 DOCKERFILE_TEMPLATE = "Dockerfile.j2"
 DEVCONTAINER_TEMPLATE = "devcontainer.json.j2"
@@ -83,19 +86,33 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def container_env() -> dict[str, str]:
-    """Environment baked into the image: kit roots and every cache variable under /cache."""
-    from sglkit.profile import load_cache_layout
+def cache_env(profile: Profile | None = None) -> dict[str, str]:
+    """Every cache variable, pointing under the /cache mount: at the profile's folders (its
+    cache.dirs) where a profile is given, else at the layout's default folders."""
+    from sglkit import profile as profiles
 
+    cache = MOUNT_POINTS["cache"]
+    dirs = profile.cache_dirs(root=cache) if profile else profiles.cache_folders(cache)
+    return profiles.cache_environment(dirs)
+
+
+def profile_env(profile: Profile) -> dict[str, str]:
+    """What a container of `profile` sets over the image's environment: the cache variables
+    whose folder the profile's cache.dirs moves ({} where it moves none)."""
+    image = cache_env()
+    return {k: v for k, v in cache_env(profile).items() if image.get(k) != v}
+
+
+def container_env() -> dict[str, str]:
+    """Environment baked into the image: kit roots and every cache variable under /cache (the
+    layout's folders: the image serves every profile; `profile_env` adds a profile's own)."""
     env = {
         "SGLKIT_MODELS_ROOT": MOUNT_POINTS["models"],
         "SGLKIT_CACHE_ROOT": MOUNT_POINTS["cache"],
         "SGLKIT_TELEMETRY_ROOT": MOUNT_POINTS["telemetry"],
         "SGLKIT_PROFILES": MOUNT_POINTS["profiles"],
+        **cache_env(),
     }
-    for kind in load_cache_layout().values():
-        for var in kind["env"]:
-            env[var] = f"{MOUNT_POINTS['cache']}/{kind['dir']}"
     # No SGLANG_MOE_CONFIG_DIR here: it would make every SGLang in the image read one folder
     # instead of its own shipped configs. The kit's launchers set it per run to the overlay they
     # build (sglkit.kernels.overlay.prepare); an SGLang started by hand reads its own configs.
@@ -105,11 +122,12 @@ def container_env() -> dict[str, str]:
 def home_links() -> dict[str, str]:
     """Links in the dev user's HOME -> where they point under /cache (the user's fork had
     FlashInfer's cache there). FlashInfer appends `.cache/flashinfer` to its
-    FLASHINFER_WORKSPACE_BASE, so the link and the variable name the same folder."""
-    from sglkit.profile import load_cache_layout
+    FLASHINFER_WORKSPACE_BASE (the image's: cache_env()), so the link and the variable name the
+    same folder."""
+    from sglkit.profile import cache_folders
 
-    fi = load_cache_layout()["flashinfer"]["dir"]
-    return {".cache/flashinfer": f"{MOUNT_POINTS['cache']}/{fi}/.cache/flashinfer"}
+    fi = cache_folders(MOUNT_POINTS["cache"])["flashinfer"]
+    return {".cache/flashinfer": f"{fi}/.cache/flashinfer"}
 
 
 def dockerfile(variant: str, base_image: str | None = None) -> str:

@@ -8,50 +8,18 @@ from pathlib import Path
 
 from invoke import Collection
 
-from sglkit import logs as kitlogs
 from sglkit import profile as profiles
 from sglkit.cli import PROFILE_HELP, number, task
-from sglkit.console import echo
+from sglkit.console import echo, err
 from sglkit.containers import base as base_mod
 from sglkit.containers import build as build_mod
 from sglkit.containers import devcontainer as devc
 from sglkit.containers import engine, lifecycle, render
+from sglkit.containers import up as up_mod
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.observability import manifest as manifests
 
 NAME_HELP = "container name (default: the profile's container.name)"
-
-
-def _console():
-    from sglkit.console import err
-
-    return err()
-
-
-def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BASE_IMAGE) -> str:
-    """The base image: present, else pulled (unless offline), else built with debootstrap."""
-    if engine.image_exists(c, tag):
-        return c.images.get(tag).id
-    if not offline:
-        console.print(f"[bold]base[/]: {tag} is not here yet; pulling debian:{base_mod.SUITE}")
-        try:
-            img = c.images.pull("debian", tag=base_mod.SUITE)
-            repo, _, version = tag.rpartition(":")
-            img.tag(repo, version)
-            console.print(f"[bold]base[/]: pulled debian:{base_mod.SUITE} as {tag}")
-            return img.id
-        except Exception as e:
-            if offline is False:
-                raise SglkitError(
-                    f"container.base: cannot pull debian:{base_mod.SUITE} "
-                    f"({engine._short(e)}); run `invoke container.base --offline`"
-                ) from None
-            log = kitlogs.append("container", f"base: pull debian:{base_mod.SUITE} failed", str(e))
-            console.print(
-                f"[bold]base[/]: no registry answers, so {tag} will be built from the Debian "
-                f"archive with debootstrap (once; about a minute or two; details in {log})"
-            )
-    return base_mod.build(c, tag=tag, console=console)
 
 
 @task(
@@ -64,7 +32,7 @@ def ensure_base(c, console, offline: bool | None = None, tag: str = base_mod.BAS
 )
 def base(c, offline=False, tag=base_mod.BASE_IMAGE, mirror=base_mod.MIRROR, rebuild=False):
     """Base image (Debian bookworm): pulled, or with --offline built by debootstrap + import."""
-    console = _console()
+    console = err()
     client = engine.client()
     if rebuild and offline:
         image_id = base_mod.build(client, tag=tag, mirror=mirror, console=console)
@@ -73,45 +41,8 @@ def base(c, offline=False, tag=base_mod.BASE_IMAGE, mirror=base_mod.MIRROR, rebu
     elif offline:
         image_id = base_mod.ensure(client, tag=tag, mirror=mirror, console=console)
     else:
-        image_id = ensure_base(client, console, offline=False, tag=tag)
+        image_id = base_mod.pull_or_build(client, console, offline=False, tag=tag)
     echo(f"{tag} {image_id}")
-
-
-def _default_tag(p, variant: str) -> str:
-    if variant == p.container["variant"]:
-        return p.container["image"]
-    return f"sglkit/dev:{variant}"
-
-
-def do_build(client, p, variant=None, tag=None, build_arg=(), ca_bundle=None, no_cache=False):
-    console = _console()
-    variant = render.check_variant(variant or p.container["variant"])
-    tag = tag or _default_tag(p, variant)
-    extra = build_mod.parse_build_args(build_arg)
-    base_image = p.container["base_image"] if variant in render.GPU_VARIANTS else None
-    if variant == "cpu" and "BASE_IMAGE" not in extra:
-        ensure_base(client, console)
-    user = p.container["user"]
-    args = build_mod.build_args(variant, extra, base_image, user)
-    ca = build_mod.ca_bundle(ca_bundle)
-    console.print(
-        f"[bold]build[/]: {variant} -> {tag} (dev user {args['DEV_USER']} uid {args['DEV_UID']}"
-        f"{', extra CA ' + str(ca) if ca else ''})"
-    )
-    image = build_mod.build(
-        client,
-        variant=variant,
-        tag=tag,
-        extra_args=extra,
-        base_image=base_image,
-        ca=ca,
-        no_cache=no_cache,
-        on_line=lambda line: console.print(f"  {line}", markup=False, style="dim"),
-        user=user,
-    )
-    rec = build_mod.record(Path(p.container["storage"]), variant, tag, image.id, args)
-    console.print(f"[bold]build[/]: {tag} = {image.id} (recorded in {rec})")
-    return image
 
 
 @task(
@@ -128,7 +59,8 @@ def do_build(client, p, variant=None, tag=None, build_arg=(), ca_bundle=None, no
 def build(c, profile=None, variant=None, tag=None, build_arg=None, ca_bundle=None, no_cache=False):
     """Build the devcontainer image, streaming the build log; tag it and record its id."""
     p = profiles.load(profile)
-    image = do_build(engine.client(), p, variant, tag, build_arg or (), ca_bundle, no_cache)
+    client = engine.client()
+    image = build_mod.for_profile(client, p, variant, tag, build_arg or (), ca_bundle, no_cache)
     echo(image.id)
 
 
@@ -150,28 +82,6 @@ def storage(c, profile=None):
         target = render.MOUNT_POINTS[kind]
         echo(f"{kind:<10} {d} -> {target}{' (read-only)' if kind == 'profiles' else ''}")
     echo(f"owner      {uid}:{gid}")
-
-
-def _host_ports(mode: str, p) -> dict[int, int]:
-    ports = lifecycle.container_ports(p)
-    if mode == "same":
-        return {v: v for v in ports.values()}
-    if mode == "auto":
-        chosen: dict[int, int] = {}
-        for v in ports.values():
-            hp = engine_free_port(set(chosen.values()))
-            chosen[v] = hp
-        return chosen
-    raise ConfigError(f"--host-ports: {mode!r} is not one of same, auto")
-
-
-def engine_free_port(avoid: set[int]) -> int:
-    from sglkit.net import free_port
-
-    while True:
-        port = free_port()
-        if port not in avoid:
-            return port
 
 
 @task(
@@ -199,47 +109,18 @@ def up(
 ):
     """Start the devcontainer and wait until its run manifest says ready; print where things are."""
     p = profiles.load(profile)
-    console = _console()
-    client = engine.client()
-    image = image or p.container["image"]
-    if not engine.image_exists(client, image):
-        if not build or image != p.container["image"]:
-            raise SglkitError(
-                f"container.image: image {image} not found on this engine; "
-                f"build it with `invoke container.build --profile {p.path}`"
-            )
-        console.print(f"[bold]up[/]: image {image} missing; building it first")
-        do_build(client, p)
-    runtime = engine.has_nvidia_runtime(client.info())
-    use_gpus = lifecycle.want_gpus(gpus, p.container["variant"], runtime)
-    ports = _host_ports(host_ports, p)
-    run_id = manifests.new_run_id()
-    forwarded = lifecycle.secrets(p)
-    plan = lifecycle.plan(
+    started = up_mod.start(
+        engine.client(),
         p,
-        run_id=run_id,
-        gpus=use_gpus,
-        host_ports=ports,
+        err(),
         name=name,
         image=image,
-        secrets=forwarded,
+        gpus=gpus,
+        host_ports_mode=host_ports,
+        timeout=timeout,
+        build=build,
     )
-    uid, gid = build_mod.dev_ids()
-    lifecycle.prepare_storage(plan.host_dirs, uid, gid)
-    t_wait = float(timeout) if timeout is not None else p.container["ready_timeout"]
-    lifecycle.preflight(client, plan)
-    console.print(f"[bold]up[/]: {plan.name} from {image}, run {run_id}, gpus={use_gpus}")
-    note = lifecycle.secret_note(forwarded)
-    if note:
-        console.print(f"[bold]up[/]: {note}")
-    with console.status(f"waiting for run {run_id} to be ready") as status:
-        out = lifecycle.up(
-            client,
-            plan,
-            timeout=t_wait,
-            say=lambda s: console.print(s, markup=False),
-            on_status=lambda s: status.update(f"run {run_id}: {s}"),
-        )
+    plan, out = started.plan, started.outcome
     if json_:
         echo(
             json.dumps(
@@ -272,9 +153,10 @@ def up(
 @task(help={"profile": PROFILE_HELP, "name": NAME_HELP, "grace": "seconds before SIGKILL"})
 def down(c, profile=None, name=None, grace=None):
     """Stop and remove the devcontainer; telemetry and caches stay on the host."""
+    grace_s = number(grace, "--grace", default=10.0)
     p = profiles.load(profile)
     name = name or p.container["name"]
-    labels = lifecycle.down(engine.client(), name, grace=number(grace, "--grace", default=10.0))
+    labels = lifecycle.down(engine.client(), name, grace=grace_s)
     if labels is None:
         echo(f"{name}: no such container (nothing to do)")
         return

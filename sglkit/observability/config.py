@@ -1,4 +1,5 @@
-"""Prometheus scrape config: rendered from observability/prometheus.yml.j2 and the profile.
+"""Prometheus scrape config: rendered from observability/prometheus.yml.j2 and the profile, and
+read back (`scrape_interval`: a run's interval, from the config it ran with).
 
 Rendering is sandboxed with StrictUndefined: a variable the template names but the context lacks
 is a ConfigError naming the template and the variable, never an empty string in the config.
@@ -6,7 +7,9 @@ is a ConfigError naming the template and the variable, never an empty string in 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +20,12 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from sglkit import paths
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.net import client_host, host_port
+from sglkit.net import host_port
 
 TEMPLATE = "prometheus.yml.j2"
+DEFAULT_SCRAPE_INTERVAL_S = 15.0  # for a run that recorded no interval
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def template_path(template: str | os.PathLike | None = None) -> Path:
@@ -51,10 +57,6 @@ def render(context: dict[str, Any], template: str | os.PathLike | None = None) -
         raise ConfigError(f"{path}: line {e.lineno}: {e.message}") from None
     except jinja2.exceptions.SecurityError as e:
         raise ConfigError(f"{path}: unsafe template: {e}") from None
-
-
-# the address to scrape a listener bound to a host (0.0.0.0 / :: are reached on loopback)
-scrape_host = client_host
 
 
 # a run's file_sd target list for servers started by server.up, relative to the run folder
@@ -119,3 +121,27 @@ def promtool_check(*config_files: str | os.PathLike, timeout: float = 60.0) -> s
         where = ", ".join(map(str, config_files))
         raise SglkitError(f"{where}: promtool check config failed: {last[0]}")
     return out
+
+
+def parse_duration(value: Any) -> float | None:
+    """A Prometheus duration (5s, 500ms, 2m) or a number -> seconds; None when it is neither."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(str(value).strip())
+    return float(m.group(1)) * _UNIT_S[m.group(2)] if m else None
+
+
+def scrape_interval(run_dir: Path, manifest: dict[str, Any]) -> float:
+    """The run's scrape interval, from its rendered Prometheus config (else the manifest)."""
+    from sglkit import yamlsafe
+
+    cfg = (manifest.get("paths") or {}).get("prometheus_config")
+    if cfg:
+        p = Path(cfg) if Path(cfg).is_absolute() else run_dir / cfg
+        with contextlib.suppress(ConfigError, AttributeError):
+            glob = (yamlsafe.load_file(p, what="Prometheus config") or {}).get("global") or {}
+            got = parse_duration(glob.get("scrape_interval", ""))
+            if got:
+                return got
+    got = parse_duration(manifest.get("scrape_interval", ""))
+    return got or DEFAULT_SCRAPE_INTERVAL_S

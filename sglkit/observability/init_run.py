@@ -36,10 +36,10 @@ import requests
 
 import sglkit
 from sglkit import profile as profiles
-from sglkit.cli import ROOT_HELP, main_guard
+from sglkit.cli import PROFILE_HELP, ROOT_HELP, main_guard
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_write_text
-from sglkit.net import free_port, port_in_use
+from sglkit.net import free_port, port_in_use, probe_host
 from sglkit.observability import config as promconfig
 from sglkit.observability import grafana as grafanas
 from sglkit.observability import manifest as mf
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> Options:
         prog="python -m sglkit.observability.init_run",
         description="Start a per-run telemetry stack and supervise it until SIGTERM/SIGINT.",
     )
-    ap.add_argument("--profile", help="profile name or YAML path (default: $SGLKIT_PROFILE)")
+    ap.add_argument("--profile", help=PROFILE_HELP)
     ap.add_argument("--root", help=ROOT_HELP)
     ap.add_argument("--run-id", help="run id (default: a new one); an existing id is refused")
     ap.add_argument("--bind", help="listen address (default: the profile's telemetry.bind)")
@@ -212,7 +212,7 @@ def check_options(o: Options) -> None:
 
 def choose_ports(profile, bind: str, mode: str | None) -> dict[str, int]:
     if mode == "auto":
-        host = bind if bind not in ("", "::") else "127.0.0.1"
+        host = probe_host(bind)
         chosen: dict[str, int] = {}
         while len(chosen) < len(svcs.PORT_NAMES):
             p = free_port(host)
@@ -446,17 +446,16 @@ class InitRun:
         g = self.specs["grafana"]
         if g.argv is None:
             return
-        from sglkit.observability.report import parse_duration
-
         gpu = self.specs["gpu_exporter"]
+        # read as obs.report reads it, so both get the same rate window
+        interval = promconfig.parse_duration(self.profile.telemetry["scrape_interval"]) or 5.0
         texts = grafanas.files(
             self.run_dir,
             bind=g.bind,
             port=g.port,
             prometheus_url=self.specs["prometheus"].url,
             gpu_scheme=gpu.kind if gpu.argv else None,
-            # read as obs.report reads it, so both get the same rate window
-            scrape_interval_s=parse_duration(self.profile.telemetry["scrape_interval"]) or 5.0,
+            scrape_interval_s=interval,
             run_id=self.run_id,
         )
         layout = grafanas.layout(self.run_dir)
@@ -505,7 +504,7 @@ class InitRun:
     def start(self, s: Service, first: bool) -> None:
         spec = s.spec
         for port, label in spec.listens:
-            host = spec.bind if spec.bind not in ("", "::") else "127.0.0.1"
+            host = probe_host(spec.bind)
             try:
                 busy = bool(port) and port_in_use(port, host)
             except OSError as e:  # the address went away since check_bind

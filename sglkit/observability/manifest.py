@@ -6,6 +6,10 @@ Layout under a telemetry root:
     <root>/latest                        symlink -> runs/<run_id> (the latest run that got ready)
     <root>/container_run_meta.env        the latest run's facts as KEY=VALUE for shells
 
+Finding a run is here too: `runs_dir`, `run_dir`, `latest_run_dir`, and `resolve_run` for a
+--run/--root pair; `read_run` opens one for a reader that needs a finished record (obs.report),
+and `run_span` says when it ran.
+
 A run directory is never reused: `create_run_dir` refuses an existing run id. Every write is a
 temp file + rename, so a reader sees the old manifest or the new one, never half of either.
 Nothing secret goes in (no environment, no tokens): only ids, paths, ports, pids and versions.
@@ -26,12 +30,14 @@ import re
 import secrets
 import shlex
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_symlink, atomic_write_json, atomic_write_text
+from sglkit.profile import telemetry_root
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
@@ -189,6 +195,76 @@ def latest_is(root: str | os.PathLike, run_dir: str | os.PathLike) -> bool:
     if not link.is_symlink():
         return False
     return (Path(root) / os.readlink(link)).resolve() == Path(run_dir).resolve()
+
+
+def resolve_run(run: str | None, root: str | None, flag: str = "--run") -> Path:
+    """A run folder from a run id (under <root>/runs), a path to one, or the latest run; `root`
+    is a --root flag (None: the default profile's telemetry.root, loaded only then)."""
+    if run:
+        as_path = Path(run).expanduser()
+        if (as_path / MANIFEST).is_file():
+            return as_path.resolve()
+        if "/" in run or run in (".", ".."):
+            raise ConfigError(f"{flag}: {run} is not a run folder (no manifest.json)")
+    root_path = telemetry_root(None, root)
+    runs = runs_dir(root_path)
+    if run:
+        d = runs / run
+        if not (d / MANIFEST).is_file():
+            raise ConfigError(f"{flag}: no run {run!r} under {runs}")
+        return d.resolve()
+    if not root_path.is_dir():
+        raise ConfigError(f"--root: {root_path} does not exist (no telemetry runs there)")
+    found = latest_run_dir(root_path)
+    if found is None:
+        raise ConfigError(f"--root: no run with a manifest.json under {runs}")
+    return Path(found).resolve()
+
+
+def read_run(run_dir: Path, by: str) -> dict[str, Any]:
+    """A run's manifest (read), settled: a live status whose init-run is gone reads `abandoned`
+    (marked by `by`); a folder without one is a ConfigError naming --run."""
+    if not (run_dir / MANIFEST).exists():
+        raise ConfigError(f"--run: {run_dir} has no manifest.json (not a run folder)")
+    data = read(run_dir)
+    if not isinstance(data, dict) or "run_id" not in data:
+        raise SglkitError(f"{run_dir / MANIFEST}: not a run manifest (no run_id)")
+    if data.get("status") in LIVE_STATUSES:
+        data = settle(run_dir, by=by)  # an init-run that is gone: abandoned
+    return data
+
+
+def parse_time(value: str, field: str) -> float:
+    """A manifest time (ISO 8601; no zone: UTC) -> seconds since the epoch."""
+    try:
+        t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise SglkitError(f"manifest: {field}: {value!r} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def iso(ts: float) -> str:
+    """Seconds since the epoch -> ISO 8601 UTC, whole seconds, Z suffix."""
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_span(run_dir: Path, manifest: dict[str, Any]) -> tuple[float, float]:
+    """When the run started and ended (seconds since the epoch): ended_at, else for a run that
+    ended without saying when the manifest's last write, else now (a live run)."""
+    if not manifest.get("started_at"):
+        raise SglkitError(f"{run_dir / MANIFEST}: started_at: missing")
+    start = parse_time(manifest["started_at"], "started_at")
+    if manifest.get("ended_at"):
+        end = parse_time(manifest["ended_at"], "ended_at")
+    elif manifest.get("status") in ("stopped", "failed"):
+        end = (run_dir / MANIFEST).stat().st_mtime  # ended without saying when
+    else:
+        end = time.time()
+    if end <= start:
+        raise SglkitError(f"manifest: ended_at ({iso(end)}) is not after started_at")
+    return start, end
 
 
 def meta_env(manifest: dict[str, Any]) -> dict[str, str]:

@@ -1,10 +1,9 @@
-"""Numbers for the summary and for obs.compare: pure functions, unit tested."""
+"""Numbers for the summary, and how the page and obs.compare print them: pure functions."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 STATS = ("mean", "p50", "p99", "max")
 
@@ -59,37 +58,3 @@ def fmt(v: float | None) -> str:
 def fmt_count(v: float | None) -> str:
     """Sample and observation counts: whole numbers (observations come from increase())."""
     return "-" if v is None else f"{round(v):,}"
-
-
-def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric and statistic present in either summary: values, change, change %."""
-    rows = []
-    ma, mb = a.get("metrics", {}), b.get("metrics", {})
-    # page order (the panels' keys), then anything else by name; summary.json sorts its keys
-    order = [k for s in (a, b) for p in s.get("panels", []) for k in p.get("keys", [])]
-    rank = {k: i for i, k in reversed(list(enumerate(order)))}
-    for key in sorted(set(ma) | set(mb), key=lambda k: (rank.get(k, len(rank)), k)):
-        ea, eb = ma.get(key) or {}, mb.get(key) or {}
-        stats = [s for s in ("mean", "p50", "p90", "p99", "max") if s in ea or s in eb]
-        for stat in stats:
-            va, vb = ea.get(stat), eb.get(stat)
-            if va is None and vb is None:
-                continue
-            delta = vb - va if va is not None and vb is not None else None
-            if delta is not None and abs(delta) <= 1e-9 * max(abs(va), abs(vb)):
-                delta = 0.0  # float noise, not a difference
-            pct = None
-            if delta is not None and va not in (None, 0):
-                pct = 100.0 * delta / abs(va)
-            rows.append(
-                {
-                    "metric": key,
-                    "unit": ea.get("unit") or eb.get("unit") or "",
-                    "stat": stat,
-                    "a": va,
-                    "b": vb,
-                    "delta": delta,
-                    "pct": pct,
-                }
-            )
-    return rows

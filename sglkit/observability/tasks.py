@@ -11,7 +11,6 @@ from sglkit import profile as profiles
 from sglkit.cli import PROFILE_HELP, ROOT_HELP, task
 from sglkit.console import echo
 from sglkit.errors import ConfigError
-from sglkit.observability.report import compare, report
 
 
 @task(
@@ -108,6 +107,52 @@ def catalog(c, check=None, source=None, out=None, verify=False):
         raise ConfigError("--source: only meaningful with --check")
     atomic_write_text(target, text)
     echo(f"wrote {target} ({len(data['metrics'])} metrics)", stderr=True)
+
+
+@task(
+    help={
+        "run": "run id under <root>/runs, or a run folder (default: the latest run)",
+        "root": ROOT_HELP,
+        "out": "output folder (default: <run>/report; replaced as a whole)",
+    }
+)
+def report(c, run=None, root=None, out=None):
+    """Build PNG plots, one self-contained HTML page and summary.json for a run."""
+    from sglkit.console import err
+    from sglkit.observability import manifest as mf
+    from sglkit.observability.report import build_report
+
+    console = err()
+    run_dir = mf.resolve_run(run, root)
+    with console.status(f"report for {run_dir.name}") as status:
+
+        def log(msg: str) -> None:
+            status.update(f"report for {run_dir.name}: {msg}")
+
+        summary = build_report(run_dir, Path(out) if out else None, log=log)
+    folder = Path(out) if out else run_dir / "report"
+    empty = [p["title"] for p in summary["panels"] if not p["has_data"]]
+    console.print(
+        f"report: {folder / 'index.html'} ({len(summary['panels']) - len(empty)} panels with "
+        f"data, {len(empty)} without; data from {summary['prometheus']['how']} Prometheus)"
+    )
+    print(folder / "index.html")
+
+
+@task(
+    help={
+        "run_a": "run id, run folder or summary.json (the baseline)",
+        "run_b": "run id, run folder or summary.json",
+        "root": ROOT_HELP,
+    }
+)
+def compare(c, run_a, run_b, root=None):
+    """Print a table of differences between two runs' report summaries (B against A)."""
+    from sglkit.observability.compare import load_summary, print_compare
+
+    a = load_summary(run_a, root, "RUN_A")
+    b = load_summary(run_b, root, "RUN_B")
+    print_compare(a, b)
 
 
 ns = Collection("obs", up, status, catalog, report, compare)

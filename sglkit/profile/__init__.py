@@ -53,6 +53,35 @@ def load_cache_layout() -> dict[str, dict[str, Any]]:
     return cache_layout()["kinds"]
 
 
+def cache_folders(
+    root: str | os.PathLike, overrides: dict[str, str] | None = None, where: object = "profile"
+) -> dict[str, Path]:
+    """Folder of each cache kind (deepgemm, triton, flashinfer, inductor, hf) under `root`: the
+    layout's folder, or the one `overrides` (a profile's cache.dirs) names; `where` names the
+    profile in the error about an unknown kind."""
+    layout = load_cache_layout()
+    overrides = overrides or {}
+    unknown = set(overrides) - set(layout)
+    if unknown:
+        raise ConfigError(
+            f"{where}: cache.dirs.{key_name(sorted(unknown)[0])}: unknown cache kind "
+            f"(known: {', '.join(layout)})"
+        )
+    return {k: Path(root) / overrides.get(k, v["dir"]) for k, v in layout.items()}
+
+
+def cache_environment(dirs: dict[str, Path], sglang: SGLang | None = None) -> dict[str, str]:
+    """The variables that point each library at its cache folder: every name cache/layout.yaml
+    lists for a kind, or with `sglang` only the names that version reads."""
+    layout = load_cache_layout()
+    return {
+        var: str(folder)
+        for kind, folder in dirs.items()
+        for var in layout[kind]["env"]
+        if sglang is None or sglang.env_name_used(var)
+    }
+
+
 @dataclass(frozen=True)
 class Profile:
     path: Path
@@ -99,18 +128,10 @@ class Profile:
     def cache_root(self) -> Path:
         return Path(self.data["cache"]["root"])
 
-    def cache_dirs(self) -> dict[str, Path]:
-        """Folder of each cache kind (deepgemm, triton, flashinfer, inductor, hf)."""
-        layout = load_cache_layout()
-        overrides = self.data["cache"]["dirs"]
-        unknown = set(overrides) - set(layout)
-        if unknown:
-            raise ConfigError(
-                f"{self.path}: cache.dirs.{key_name(sorted(unknown)[0])}: unknown cache kind "
-                f"(known: {', '.join(layout)})"
-            )
-        root = self.cache_root()
-        return {k: root / overrides.get(k, v["dir"]) for k, v in layout.items()}
+    def cache_dirs(self, root: str | os.PathLike | None = None) -> dict[str, Path]:
+        """Folder of each cache kind (deepgemm, triton, flashinfer, inductor, hf) under cache.root,
+        or under `root` where the cache root is mounted elsewhere (a container's /cache)."""
+        return cache_folders(root or self.cache_root(), self.data["cache"]["dirs"], self.path)
 
     # ---- what the server runs with ----------------------------------------------------------
     def tracing_endpoint(self) -> str:
@@ -123,13 +144,7 @@ class Profile:
 
         Secrets are not here: they pass through from the caller's environment untouched.
         """
-        sglang = sglang or SGLang.here()
-        env: dict[str, str] = {}
-        layout = load_cache_layout()
-        for kind, folder in self.cache_dirs().items():
-            for var in layout[kind]["env"]:
-                if sglang.env_name_used(var):
-                    env[var] = str(folder)
+        env = cache_environment(self.cache_dirs(), sglang or SGLang.here())
         # the MoE config overlay (sglkit.kernels.overlay): the kit's store over SGLang's shipped
         # configs, rebuilt there by overlay.prepare(profile) before a server starts
         env["SGLANG_MOE_CONFIG_DIR"] = str(self.cache_root() / MOE_OVERLAY_DIR)

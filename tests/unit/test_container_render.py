@@ -146,6 +146,33 @@ def test_the_image_environment_agrees_with_the_kit_inside_the_container(rendered
     assert profiles.telemetry_root(p) == Path(image["SGLKIT_TELEMETRY_ROOT"])
 
 
+def test_a_cache_dirs_override_reaches_the_container_environment(tmp_path, monkeypatch):
+    """Issue 17: the container's environment named the layout's default cache folders only, so in
+    the container of a profile that moves a cache (cache.dirs) a server started by hand used
+    another folder than the kit's own warmers and launchers. What the container sees (the image's
+    environment, then the container's own) now names the profile's folders, as the kit does."""
+    prof = tmp_path / "prof" / "moved.yaml"
+    prof.parent.mkdir(parents=True)
+    prof.write_text(
+        "model: {path: m}\n"
+        "cache: {dirs: {deepgemm: dg-moved, hf: hub}}\n"
+        f"container: {json.dumps({'storage': str(tmp_path / 'st')})}\n"
+    )
+    monkeypatch.setenv("SGLKIT_CACHE_ROOT", str(tmp_path / "cache"))  # the host's cache root
+    p = profiles.load(prof)
+    seen = {**render.container_env(), **lifecycle.plan(p, run_id="r", gpus=False).environment}
+    layout = profiles.load_cache_layout()
+    assert {seen[v] for v in layout["deepgemm"]["env"]} == {"/cache/dg-moved"}
+    assert seen["HF_HOME"] == "/cache/hub"
+    assert seen["TRITON_CACHE_DIR"] == "/cache/triton"  # not moved: the image's own folder
+    assert devcontainer.plan(p, tmp_path)["environment"]["HF_HOME"] == "/cache/hub"
+    # the kit inside the container reads the profile under the image's roots: the same folders
+    monkeypatch.setenv("SGLKIT_CACHE_ROOT", render.MOUNT_POINTS["cache"])
+    cache_vars = {v for kind in layout.values() for v in kind["env"]}
+    kit = {k: v for k, v in profiles.load(prof).environment().items() if k in cache_vars}
+    assert kit and kit == {k: seen[k] for k in kit}
+
+
 def test_entrypoint_is_init_run(rendered):
     ep = [r for w, r in render.instructions(rendered["cpu"]) if w == "ENTRYPOINT"]
     assert json.loads(ep[0])[-2:] == ["-m", "sglkit.observability.init_run"]

@@ -230,10 +230,8 @@ def test_settle_leaves_live_finished_and_unknowable_runs_alone(tmp_path):
 
 
 def test_obs_report_settles_the_run_it_reads(tmp_path):
-    from sglkit.observability.report import read_manifest
-
     d = mf.create_run_dir(tmp_path / "t", "r")
     mf.write(d, sample(d, **{**mf.identity(), "pid": _dead_pid()}))
-    m = read_manifest(d)
+    m = mf.read_run(d, by="obs.report")
     assert m["status"] == "abandoned"
     assert any("marked abandoned by obs.report" in r for r in m["reasons"])

@@ -11,10 +11,14 @@ import pytest
 from rich.console import Console
 
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.observability import config as promconfig
+from sglkit.observability import manifest as mf
 from sglkit.observability import report as rep
 from sglkit.observability import report_queries as rq
+from sglkit.observability import report_render as rr
+from sglkit.observability.compare import compare_rows, print_compare
 from sglkit.observability.report_render import render_html
-from sglkit.observability.report_stats import compare_rows, percentile, series_stats
+from sglkit.observability.report_stats import percentile, series_stats
 from sglkit.paths import asset
 
 # ---- the query table -------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def test_print_compare_table():
     a = {"run_id": "ra", "metrics": {"x": {"unit": "req/s", "mean": 2.0}}}
     b = {"run_id": "rb", "metrics": {"x": {"unit": "req/s", "mean": 3.0}}}
     console = Console(record=True, width=160)
-    rep.print_compare(a, b, console=console)
+    print_compare(a, b, console=console)
     text = console.export_text()
     assert "ra" in text and "rb" in text and "+50.0%" in text and "req/s" in text
 
@@ -165,9 +169,9 @@ def test_resolve_run_by_id_path_and_latest(tmp_path):
     a = _run(tmp_path, "a", status="stopped")
     b = _run(tmp_path, "b", status="stopped")
     os.symlink("runs/a", tmp_path / "latest")
-    assert rep.resolve_run("b", str(tmp_path)) == b.resolve()
-    assert rep.resolve_run(str(b), None) == b.resolve()
-    assert rep.resolve_run(None, str(tmp_path)) == a.resolve()
+    assert mf.resolve_run("b", str(tmp_path)) == b.resolve()
+    assert mf.resolve_run(str(b), None) == b.resolve()
+    assert mf.resolve_run(None, str(tmp_path)) == a.resolve()
 
 
 @pytest.mark.parametrize(
@@ -184,29 +188,30 @@ def test_resolve_run_errors_name_the_flag(tmp_path, run, make, flag):
     if make:
         (root / "runs").mkdir(parents=True)
     with pytest.raises(ConfigError) as e:
-        rep.resolve_run(run, str(root))
+        mf.resolve_run(run, str(root))
     assert str(e.value).startswith(flag) and "\n" not in str(e.value)
 
 
 def test_run_span_from_the_manifest(tmp_path):
     d = _run(tmp_path, "r")
     m = {"started_at": "2026-11-29T03:00:00.000Z", "ended_at": "2026-11-29T03:01:30Z"}
-    start, end = rep.run_span(d, m)
+    start, end = mf.run_span(d, m)
     assert end - start == 90
     with pytest.raises(SglkitError, match="started_at"):
-        rep.run_span(d, {"ended_at": m["ended_at"]})
+        mf.run_span(d, {"ended_at": m["ended_at"]})
     with pytest.raises(SglkitError, match="not after"):
-        rep.run_span(d, {"started_at": m["ended_at"], "ended_at": m["started_at"]})
+        mf.run_span(d, {"started_at": m["ended_at"], "ended_at": m["started_at"]})
     with pytest.raises(SglkitError, match="ISO 8601"):
-        rep.run_span(d, {"started_at": "yesterday"})
+        mf.run_span(d, {"started_at": "yesterday"})
 
 
 def test_scrape_interval_from_the_rendered_config(tmp_path):
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text("global:\n  scrape_interval: 500ms\n")
-    assert rep.scrape_interval(tmp_path, {"paths": {"prometheus_config": str(cfg)}}) == 0.5
-    assert rep.scrape_interval(tmp_path, {"paths": {}}) == rep.DEFAULT_SCRAPE_INTERVAL_S
-    assert rep.scrape_interval(tmp_path, {"scrape_interval": "2m"}) == 120
+    interval = promconfig.scrape_interval
+    assert interval(tmp_path, {"paths": {"prometheus_config": str(cfg)}}) == 0.5
+    assert interval(tmp_path, {"paths": {}}) == promconfig.DEFAULT_SCRAPE_INTERVAL_S
+    assert interval(tmp_path, {"scrape_interval": "2m"}) == 120
 
 
 def test_gpu_naming_detection_from_stored_names():
@@ -300,7 +305,7 @@ def _summary(**over):
 
 def test_page_says_when_a_panel_has_no_data_and_escapes_input(tmp_path):
     s = _summary()
-    html = render_html(rep.page_context(s, {"services": {}}, tmp_path, tmp_path, None))
+    html = render_html(rr.page_context(s, {"services": {}}, tmp_path, tmp_path, None))
     assert 'id="kv_cache" class="nodata" data-nodata="true"' in html
     assert "No data in this run." in html and "sglang:token_usage" in html
     assert "<script>alert" not in html and "&lt;script&gt;" in html
@@ -310,7 +315,7 @@ def test_page_says_when_a_panel_has_no_data_and_escapes_input(tmp_path):
 
 def test_page_template_is_strict(tmp_path):
     s = _summary()
-    ctx = rep.page_context(s, {"services": {}}, tmp_path, tmp_path, None)
+    ctx = rr.page_context(s, {"services": {}}, tmp_path, tmp_path, None)
     del ctx["span"]
     from jinja2 import UndefinedError
 
@@ -321,17 +326,17 @@ def test_page_template_is_strict(tmp_path):
 def test_empty_panels_give_the_runs_own_reason():
     gpu = {"id": "gpu_util", "group": "gpu", "has_data": False, "missing": ["DCGM_FI_DEV_GPU_UTIL"]}
     absent = {"services": {"gpu_exporter": {"status": "absent", "reason": "no GPU here"}}}
-    assert rep._why_empty(gpu, absent).startswith("No GPU exporter ran in this run (absent: no GPU")
+    assert rr._why_empty(gpu, absent).startswith("No GPU exporter ran in this run (absent: no GPU")
     serving = {"id": "queue", "group": "serving", "has_data": False, "missing": ["sglang:x"]}
-    assert "did not scrape the SGLang server" in rep._why_empty(serving, {"scrapes_server": False})
-    assert rep._why_empty(serving, {}).startswith("Prometheus holds no samples of sglang:x")
-    assert rep._why_empty(serving | {"has_data": True}, {}) == ""
+    assert "did not scrape the SGLang server" in rr._why_empty(serving, {"scrapes_server": False})
+    assert rr._why_empty(serving, {}).startswith("Prometheus holds no samples of sglang:x")
+    assert rr._why_empty(serving | {"has_data": True}, {}) == ""
 
 
 def test_a_group_empty_for_a_recorded_reason_gets_one_box(tmp_path):
     s = _summary()
     manifest = {"services": {}, "scrapes_server": False}
-    ctx = rep.page_context(s, manifest, tmp_path, tmp_path, None)
+    ctx = rr.page_context(s, manifest, tmp_path, tmp_path, None)
     serving = next(sec for sec in ctx["sections"] if sec["id"] == "serving")
     assert serving["all_empty"] and "did not scrape the SGLang server" in serving["reason"]
     html = render_html(ctx)

@@ -194,7 +194,7 @@ def test_telemetry_root_is_resolved_once_for_every_reader(tmp_path, monkeypatch)
     """--root where given, else the profile's telemetry.root: ~ expanded, made absolute; obs.*,
     obs.report, init-run and container.up's mounts all read it through telemetry_root."""
     from sglkit.containers import lifecycle
-    from sglkit.observability import report
+    from sglkit.observability import manifest
     from sglkit.profile import telemetry_root
 
     monkeypatch.chdir(tmp_path)
@@ -208,5 +208,5 @@ def test_telemetry_root_is_resolved_once_for_every_reader(tmp_path, monkeypatch)
     run = tmp_path / "rel" / "telemetry" / "runs" / "r1"
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"run_id": "r1", "status": "stopped"}')
-    assert report.resolve_run("r1", None) == run
-    assert report.resolve_run(None, None) == run
+    assert manifest.resolve_run("r1", None) == run
+    assert manifest.resolve_run(None, None) == run

@@ -51,3 +51,19 @@ def test_free_port_is_free_and_bound_port_is_not():
         s.bind(("127.0.0.1", port))
         s.listen()
         assert port_in_use(port)
+
+
+def test_a_wildcard_bind_checks_its_port_on_every_interface_but_is_reached_on_loopback():
+    """init-run checks the ports of a 0.0.0.0 listener on 0.0.0.0 (net.probe_host), so a port
+    another process holds on loopback alone counts as taken; clients reach it on loopback
+    (net.client_host), as the run's Prometheus scrapes it."""
+    import socket
+
+    from sglkit.net import client_host, probe_host
+
+    assert client_host("0.0.0.0") == "127.0.0.1" and probe_host("0.0.0.0") == "0.0.0.0"
+    assert probe_host("::") == probe_host("") == client_host("::") == "127.0.0.1"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert port_in_use(s.getsockname()[1], probe_host("0.0.0.0"))
