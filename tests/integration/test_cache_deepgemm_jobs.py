@@ -344,3 +344,50 @@ def test_jobs_1_lets_the_server_warm_alone(setup, wait_for):
     # the server's own sweep compiled every kernel
     assert kernel_files(folder) == expected_files(PLANNED)
     assert_nothing_left(token, wait_for)
+
+
+# ---- stopping the warm while the workers compile -------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("block", "line"),
+    [("4096", "blocked on N=4096"), ("import", "blocked importing compile_utils")],
+    ids=["mid-compile", "starting-workers"],
+)
+def test_stopping_the_warm_while_workers_run_stops_them_in_one_line(
+    setup, wait_for, sig, block, line, ctrl_c_able
+):
+    """SIGTERM (a supervisor stopping the task) or SIGINT to the warm, while a worker is stuck in
+    a compile or in SGLang's import: status 130, one line, the workers stopped and their partial
+    entries removed, as when the server phase is interrupted (test_cache_deepgemm.py).
+
+    The signal goes to the warm alone, as in test_cache_deepgemm.py: Ctrl-C at a terminal also
+    reaches the workers, and what they print as they die would race with their being killed."""
+    profile, folder, token = setup
+    log = profile.parent / "out.txt"
+    with open(log, "w") as f:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "sglkit.cache", "deepgemm", "--profile", str(profile),
+             "--jobs", "2"],
+            cwd=REPO, env=env_for(token, STANDIN_DG_BLOCK=block), stdin=subprocess.DEVNULL,
+            stdout=f, stderr=subprocess.STDOUT, preexec_fn=ctrl_c_able,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: line in log.read_text(), timeout=60, what=f"a worker {line}")
+        p.send_signal(sig)
+        rc = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+    assert_nothing_left(token, wait_for)  # first: a worker left running is the worst outcome
+    out = log.read_text()
+    assert rc == 130, out
+    errors = error_lines(out)
+    assert len(errors) == 1, out
+    assert "interrupted while compiling 2 DeepGEMM shapes on 2 workers" in errors[0]
+    assert "Traceback" not in out
+    assert store.read_marker(folder) is None
+    assert "server pid" not in out
+    assert_no_partial_entries(folder)
