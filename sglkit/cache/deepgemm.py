@@ -22,9 +22,9 @@ from sglkit import profile as profiles
 from sglkit.cache import deepgemm_parallel as par
 from sglkit.cache import fingerprint, store
 from sglkit.cache import gemm_shapes as gs
-from sglkit.errors import ConfigError
+from sglkit.errors import ConfigError, SglkitError
 from sglkit.server import spec as server_spec
-from sglkit.server.runner import Reporter, Server, running
+from sglkit.server.runner import EXIT_INTERRUPTED, Reporter, Server, running, sigterm_as_interrupt
 
 KIND = "deepgemm"
 # the warm-up request compile_deep_gemm sends: four token ids, eight new tokens, ignore EOS
@@ -344,16 +344,21 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
     rep.set_phase(f"compiling {len(shapes.shapes)} DeepGEMM shapes on {jobs} workers")
     rep.say(f"parallel compile: {len(shapes.shapes)} shapes ({shapes.reason}): "
             + "; ".join(s.label() for s in shapes.shapes) + f"; workers: {why}")  # fmt: skip
-    out = par.compile_all(
-        shapes=list(shapes.shapes),
-        flags=pl.spec.server_args(),
-        env=env,
-        folder=pl.folder,
-        jobs=jobs,
-        chunked_prefill_size=cps,
-        fast_warmup=fast,
-        say=rep.say,
-    )
+    try:
+        with sigterm_as_interrupt():  # a supervisor's SIGTERM stops the workers as Ctrl-C does
+            out = par.compile_all(
+                shapes=list(shapes.shapes),
+                flags=pl.spec.server_args(),
+                env=env,
+                folder=pl.folder,
+                jobs=jobs,
+                chunked_prefill_size=cps,
+                fast_warmup=fast,
+                say=rep.say,
+            )
+    except KeyboardInterrupt:  # compile_all has stopped the workers and removed their leftovers
+        raise SglkitError(f"interrupted while {rep.phase}; no marker written",
+                          EXIT_INTERRUPTED) from None  # fmt: skip
     rep.say(f"parallel compile: {out.files} kernel files in {out.seconds:.1f} s "
             f"({out.worker_seconds:.0f} worker-seconds); the server now checks them")  # fmt: skip
     return out
