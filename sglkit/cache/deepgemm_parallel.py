@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +33,9 @@ from sglkit.errors import SglkitError
 
 
 def _init(env: dict[str, str]) -> None:
+    # its own process group: a stop kills the worker with the compilers it started (nvcc), and
+    # a Ctrl-C at the terminal reaches only the warm, which then stops the workers
+    os.setpgrp()
     os.environ.update(env)
     os.environ["TQDM_DISABLE"] = "1"  # SGLang's per-M progress bar, once per worker
     from sglang.srt.layers.deep_gemm_wrapper import compile_utils  # noqa: F401 (the slow import)
@@ -79,7 +84,8 @@ def kernel_files(folder: Path) -> set[str]:
 
 
 def discard_partial(folder: Path, since: float) -> list[str]:
-    """Remove what a dead compile leaves: temporary files, kernel folders without a file."""
+    """Remove what a stopped compile leaves: its temporary files, and kernel folders without
+    their kernel.cubin (DeepGEMM writes kernel.cu there first, then renames the binary in)."""
     gone: list[str] = []
     tmp = folder / "tmp"
     if tmp.is_dir():
@@ -92,8 +98,12 @@ def discard_partial(folder: Path, since: float) -> list[str]:
     if cache.is_dir():
         for d in cache.iterdir():
             with contextlib.suppress(OSError):
-                if d.is_dir() and not any(d.iterdir()):
-                    d.rmdir()
+                if (
+                    d.is_dir()
+                    and d.stat().st_mtime >= since - 1
+                    and not (d / "kernel.cubin").exists()
+                ):
+                    shutil.rmtree(d)
                     gone.append(str(d))
     return gone
 
@@ -124,11 +134,14 @@ class Outcome:
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
-    """Stop every worker now (a shutdown would wait for compiles in flight)."""
+    """Stop every worker and what it started now (a shutdown would wait for compiles)."""
     procs = list(getattr(pool, "_processes", {}).values())  # no public handle to the workers
     for p in procs:
-        with contextlib.suppress(Exception):
-            p.kill()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # its group: _init made the worker its leader
+        except OSError:
+            with contextlib.suppress(Exception):
+                p.kill()  # not in its own group yet
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(5)

@@ -4,8 +4,9 @@ server by tests/fixtures/standin_sglang_server.py, whose warm-up request sweeps 
 $STANDIN_DG_SWEEP through the same stand-in, as SGLang's server does.
 
 The stand-in writes one kernel file per (shape, bit length of M) the way DeepGEMM does (temporary
-file under tmp/, renamed into cache/kernel.<name>/kernel.cubin). For M in 1..16384 that is 15 files
-a shape, so the model's two planned shapes give exactly 30.
+file under tmp/, renamed into cache/kernel.<name>/kernel.cubin beside its kernel.cu, as DeepGEMM
+0.1.4 leaves it on the device). For M in 1..16384 that is 15 kernels, 30 files, a shape, so the
+model's two planned shapes give exactly 60 files.
 
 Every run carries a token of its own in its environment ($SGLKIT_TEST_RUN). Children inherit the
 environment they start with, whoever starts them: the compile workers (multiprocessing spawn
@@ -49,9 +50,10 @@ BITS = range(1, (16384).bit_length() + 1)  # the stand-in's kernels for M 1..163
 
 def expected_files(shapes) -> set[str]:
     return {
-        f"cache/kernel.{kind.lower()}.{n}x{k}x{g}.b{b}/kernel.cubin"
+        f"cache/kernel.{kind.lower()}.{n}x{k}x{g}.b{b}/{name}"
         for kind, n, k, g in shapes
         for b in BITS
+        for name in ("kernel.cu", "kernel.cubin")
     }
 
 
@@ -185,7 +187,10 @@ def assert_no_partial_entries(folder: Path) -> None:
     assert not tmp.exists() or list(tmp.rglob("*")) == []
     cache = folder / "cache"
     for d in cache.iterdir() if cache.is_dir() else ():
-        assert d.is_dir() and [p.name for p in d.iterdir()] == ["kernel.cubin"], d
+        assert d.is_dir() and sorted(p.name for p in d.iterdir()) == [
+            "kernel.cu",
+            "kernel.cubin",
+        ], d
         assert (d / "kernel.cubin").stat().st_size == 512, d
 
 
@@ -202,17 +207,17 @@ def test_complete_parallel_warm_is_verified_by_the_server(setup, wait_for):
     profile, folder, token = setup
     rc, out = warm(profile, "--jobs", "3", env=env_for(token))
     assert rc == 0, out
-    assert "verified: the server swept 2 shapes on this cache and compiled nothing new (30 files)" \
+    assert "verified: the server swept 2 shapes on this cache and compiled nothing new (60 files)" \
         in out  # fmt: skip
     # the workers compiled first, the server only checked
-    assert out.index("parallel compile: 30 kernel files") < out.index("server pid")
+    assert out.index("parallel compile: 60 kernel files") < out.index("server pid")
     assert "on 3 workers" in out
     marker = store.read_marker(folder)
     assert marker is not None and marker["kind"] == "deepgemm"
     par = marker["parallel"]
     assert par["verified"] is True and par["server_added"] == 0
     assert par["swept_shapes"] == 2 and par["unplanned_shapes"] == []
-    assert par["jobs"] == 3 and par["shapes"] == LABELS and par["files"] == 30
+    assert par["jobs"] == 3 and par["shapes"] == LABELS and par["files"] == 60
     assert par["m_values"] == 16384 and par["chunked_prefill_size"] == 2048
     assert kernel_files(folder) == expected_files(PLANNED)
     assert_no_partial_entries(folder)
@@ -241,11 +246,11 @@ def test_a_shape_the_plan_lacks_is_named_and_the_marker_says_unverified(setup, w
     assert rc == 0, out
     incomplete = [ln for ln in out.splitlines() if "incomplete:" in ln]
     assert len(incomplete) == 1, out
-    assert "the server compiled 15 more kernel files" in incomplete[0]
+    assert "the server compiled 30 more kernel files" in incomplete[0]
     assert f"shapes not in the plan: {KIND} N=1024 K=4096 groups=1" in incomplete[0]
     assert "verified:" not in out
     par = store.read_marker(folder)["parallel"]
-    assert par["verified"] is False and par["server_added"] == 15
+    assert par["verified"] is False and par["server_added"] == 30
     assert par["unplanned_shapes"] == [f"{KIND} N=1024 K=4096 groups=1"]
     assert par["swept_shapes"] == 3
     # the server's own sweep completed the cache
