@@ -84,6 +84,27 @@ def test_cache_deepgemm_cold_rerun_force(roots, free_port):
     _save_figures()
 
 
+def test_parallel_warm_leaves_the_server_nothing_to_compile(roots, free_port):
+    """cache.deepgemm --jobs on an empty folder: the workers compile every planned shape, then
+    the server sweeps every M of every shape on that folder; its file count must not change."""
+    base, env = roots
+    env = {**env, "SGLKIT_CACHE_ROOT": str(base / "cache-parallel")}
+    jobs = str(min(16, len(os.sched_getaffinity(0))))
+    rc, out, seconds = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port",
+                              str(free_port()), "--jobs", jobs, timeout=1500)  # fmt: skip
+    assert rc == 0, out[-3000:]
+    assert "verified: the server swept" in out, out[-3000:]
+    marker = store.read_marker(Path(env["SGLKIT_CACHE_ROOT"]) / "deepgemm")
+    par = marker["parallel"]
+    assert par["verified"] is True and par["server_added"] == 0, par
+    assert par["swept_shapes"] == len(par["shapes"]), par
+    assert deepgemm_files(env) - 1 == par["files"], par  # the folder also holds the marker
+    FIGURES["cache.deepgemm --jobs"] = {"seconds": round(seconds, 1), **par}
+    print(f"\ncache.deepgemm --jobs {jobs}: {seconds:.1f} s; {par['files']} files; "
+          f"parallel part {par['seconds']} s")  # fmt: skip
+    _save_figures()
+
+
 def test_server_up_generate_metrics_status_bench_trace_down(roots, free_port):
     base, env = roots
     port = str(free_port())
