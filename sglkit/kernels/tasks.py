@@ -89,79 +89,38 @@ def check(
     json_=False,
 ):
     """Which file the server reads for this profile, GPU and Triton, from where, and why."""
-    from sglkit.kernels import overlay
+    from sglkit.kernels import explain
 
-    p = profiles.load(profile)
-    shape = target.profile_shape(p)
-    rule = names.rule_for(sglang_version)
-    device = names.device_name(device_name)
-    triton_v = triton_version or names.installed_triton_version()
-    if not triton_v:
-        raise SglkitError("--triton-version: Triton is not installed here; give --triton-version")
-    kt = target.for_shape(
-        shape, device, triton_v, sglang_version=rule.version, store_root=store_ and Path(store_)
-    )
-    store_root = kt.store_root
-    overlay_dir = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
-    shipped = overlay.sglang_configs_dir()
-    file_names = kt.file_names()
-    verdicts = overlay.replay(file_names, triton_v, rule, overlay_dir, store_root, shipped)
-    report = []
-    for n, v in zip(file_names, verdicts, strict=True):
-        lk = v.lookup
-        report.append(
-            {
-                "file": n,
-                "down": n.endswith("_down.json"),
-                "expected_path": str(lk.expected),
-                "status": lk.status,
-                "loads": str(lk.path) if lk.path else None,
-                "source": v.source,
-                "source_path": str(v.origin) if v.origin else None,
-                "reason": v.reason,
-                "warning": lk.warning,
-                "batch_sizes": lk.batch_sizes,
-            }
-        )
+    r = explain.lookup(profile, device_name, triton_version, sglang_version, store_)
     if json_:
-        echo(
-            json.dumps(
-                {
-                    "profile": p.name,
-                    "sglang": rule.version,
-                    "triton": triton_v,
-                    "overlay": str(overlay_dir),
-                    "store": str(store_root),
-                    "sglang_configs": str(shipped) if shipped else None,
-                    "files": report,
-                },
-                indent=2,
-            )
-        )
+        echo(json.dumps(r, indent=2))
         return
-    echo(f"# profile {p.name}: {shape.architecture} tp={shape.tp} ep={shape.ep} on {device}")
-    echo(f"# SGLang {rule.version}, Triton {triton_v}, SGLANG_MOE_CONFIG_DIR={overlay_dir}")
-    echo(f"# overlay of the kit's store {store_root / 'configs'}")
+    echo(
+        f"# profile {r['profile']}: {r['architecture']} tp={r['tp']} ep={r['ep']} on {r['device']}"
+    )
+    echo(f"# SGLang {r['sglang']}, Triton {r['triton']}, SGLANG_MOE_CONFIG_DIR={r['overlay']}")
+    echo(f"# overlay of the kit's store {Path(r['store']) / 'configs'}")
+    shipped = r["sglang_configs"]
     echo(
         f"#   over SGLang's shipped configs {shipped}"
         if shipped
         else "#   alone: no installed SGLang's configs folder found"
     )
-    sources = {overlay.KIT: "kit store", overlay.SGLANG: "SGLang shipped"}
-    for r in report:
-        label = "down projection" if r["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")
-        echo(f"{label}: {r['file']}")
+    report = r["files"]
+    for f in report:
+        label = "down projection" if f["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")
+        echo(f"{label}: {f['file']}")
         echo(
-            f"  status: {r['status']}"
-            + (f" -> {r['loads']}" if r["loads"] and r["status"] != "found" else "")
+            f"  status: {f['status']}"
+            + (f" -> {f['loads']}" if f["loads"] and f["status"] != "found" else "")
         )
-        if r["source"]:
-            echo(f"  reads: {r['source_path']} ({sources[r['source']]})")
-        echo(f"  why: {r['reason']}")
-        if r["warning"]:
-            echo(f"  SGLang logs: {r['warning']}")
-        if r["batch_sizes"]:
-            echo(f"  batch sizes: {', '.join(str(b) for b in r['batch_sizes'])}")
+        if f["source"]:
+            echo(f"  reads: {f['source_path']} ({explain.SOURCES[f['source']]})")
+        echo(f"  why: {f['reason']}")
+        if f["warning"]:
+            echo(f"  SGLang logs: {f['warning']}")
+        if f["batch_sizes"]:
+            echo(f"  batch sizes: {', '.join(str(b) for b in f['batch_sizes'])}")
 
 
 @task(help={"profile": PROFILE_HELP, "store": "the kit's store folder (default: kernels/)"})
