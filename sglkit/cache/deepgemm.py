@@ -359,6 +359,8 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
     except KeyboardInterrupt:  # compile_all has stopped the workers and removed their leftovers
         raise SglkitError(f"interrupted while {rep.phase}; no marker written",
                           EXIT_INTERRUPTED) from None  # fmt: skip
+    if out is None:
+        return None
     rep.say(f"parallel compile: {out.files} kernel files in {out.seconds:.1f} s "
             f"({out.worker_seconds:.0f} worker-seconds); the server now checks them")  # fmt: skip
     return out

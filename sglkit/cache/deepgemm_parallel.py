@@ -41,9 +41,12 @@ def _init(env: dict[str, str]) -> None:
     from sglang.srt.layers.deep_gemm_wrapper import compile_utils  # noqa: F401 (the slow import)
 
 
-def _ping() -> int:
+def _ping() -> bool:
+    """Whether SGLang turns DeepGEMM on here (sm90+ GPU, deep_gemm importable, not disabled)."""
+    from sglang.srt.layers.deep_gemm_wrapper import compile_utils
+
     time.sleep(0.5)  # keeps this worker busy so that the pool starts all of them
-    return os.getpid()
+    return bool(getattr(compile_utils, "ENABLE_JIT_DEEPGEMM", False))
 
 
 def _chunked_prefill_size(flags: list[str]) -> int:
@@ -158,8 +161,9 @@ def compile_all(
     chunked_prefill_size: int | None,
     fast_warmup: bool,
     say,
-) -> Outcome:
-    """Compile every shape for every M the server will use, `jobs` workers at once."""
+) -> Outcome | None:
+    """Compile every shape for every M the server will use, `jobs` workers at once; None (and
+    a line said) where SGLang has DeepGEMM off here, so that the server warms alone."""
     started = time.time()
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
@@ -168,11 +172,14 @@ def compile_all(
     ok = False
     try:
         warm = [pool.submit(_ping) for _ in range(jobs)]
+        if not all(f.result() for f in warm):
+            say("parallel compile: skipped (SGLang has DeepGEMM off here: it needs an sm90 or "
+                "newer GPU and SGLANG_ENABLE_JIT_DEEPGEMM); the server warms alone")  # fmt: skip
+            ok = True
+            return None
         if chunked_prefill_size is None:
             say("asking SGLang for the chunked prefill size it picks on this GPU")
             chunked_prefill_size = pool.submit(_chunked_prefill_size, flags).result()
-        for f in warm:
-            f.result()
         ms = gs.m_values(chunked_prefill_size, fast_warmup)
         work = gs.items(shapes, ms, jobs)
         out = Outcome(jobs, list(shapes), len(ms), chunked_prefill_size, items=len(work))

@@ -145,7 +145,8 @@ def write_profile(tmp_path: Path, port: int) -> Path:
 def env_for(token: str, *, standin: bool = True, sweep=PLANNED, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("SGLKIT_CACHE_ROOT", "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", "STANDIN_DG_SWEEP",
-                "STANDIN_DG_CRASH", "STANDIN_DG_RAISE", "STANDIN_DG_BLOCK"):  # fmt: skip
+                "STANDIN_DG_CRASH", "STANDIN_DG_RAISE", "STANDIN_DG_BLOCK",
+                "STANDIN_DG_OFF"):  # fmt: skip
         env.pop(var, None)
     env["PYTHONPATH"] = os.pathsep.join([str(STANDIN_DG), str(REPO)] if standin else [str(REPO)])
     if sweep is not None:
@@ -336,6 +337,20 @@ def test_without_sglang_the_parallel_compile_is_skipped_and_the_server_warms(set
     assert marker is not None and "parallel" not in marker
     # the stand-in server "compiled" its one file into the cache
     assert kernel_files(folder) == {"cache/kernel.standin.cubin"}
+    assert_nothing_left(token, wait_for)
+
+
+def test_where_sglang_has_deepgemm_off_the_server_warms_alone(setup, wait_for):
+    """SGLang turns DeepGEMM off on a GPU older than sm90 (its compile routine then has no
+    deep_gemm to call): the workers only ask, and the server warms as with --jobs 1."""
+    profile, folder, token = setup
+    rc, out = warm(profile, "--jobs", "2", env=env_for(token, STANDIN_DG_OFF="1"))
+    assert rc == 0, out
+    assert "parallel compile: skipped (SGLang has DeepGEMM off here" in out, out
+    assert "slices of" not in out and "verified:" not in out
+    marker = store.read_marker(folder)
+    assert marker is not None and "parallel" not in marker
+    assert kernel_files(folder) == expected_files(PLANNED)  # the server's sweep, alone
     assert_nothing_left(token, wait_for)
 
 
