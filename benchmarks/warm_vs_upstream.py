@@ -20,9 +20,11 @@ then `--merge a.json b.json` prints the table of all of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,27 +76,44 @@ def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: fl
     print(f"[{method}] {shlex.join(argv)}", flush=True)
     t0 = time.monotonic()
     with open(log, "w") as f:
-        r = subprocess.run(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                           timeout=timeout)  # fmt: skip
+        child = subprocess.Popen(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
+        rc = stop_after(child, timeout)
     seconds = time.monotonic() - t0
     files = len(par.kernel_files(root / "deepgemm"))
-    out = {"method": method, "seconds": round(seconds, 1), "rc": r.returncode, "files": files,
+    out = {"method": method, "seconds": round(seconds, 1), "rc": rc, "files": files,
            "log": str(log)}  # fmt: skip
     marker = root / "deepgemm" / ".sglkit-marker.json"
     if marker.is_file():
         out["parallel"] = json.loads(marker.read_text()).get("parallel")
-    print(f"[{method}] {seconds:.1f} s, exit {r.returncode}, {files} kernel files", flush=True)
-    if r.returncode != 0:
+    print(f"[{method}] {seconds:.1f} s, exit {rc}, {files} kernel files", flush=True)
+    if rc != 0:
         print(log.read_text()[-3000:], flush=True)
     return out
+
+
+def stop_after(child: subprocess.Popen, timeout: float, grace: float = 60.0) -> int:
+    """Its exit status; past `timeout` it gets SIGTERM (the kit's tasks then stop their server
+    and workers), then its session is killed after `grace`: exit status 124, as timeout(1)."""
+    try:
+        return child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        return 124
 
 
 def table(runs: list[dict], gpu: str, command: str) -> str:
     by = {m: [r for r in runs if r["method"] == m and r["rc"] == 0] for m in METHODS}
     base = statistics.median([r["seconds"] for r in by["upstream"]]) if by["upstream"] else None
     lines = [f"card: {gpu}", "",
-             "| method | runs | median s | max s | vs upstream | kernel files |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| method | runs | median s | max s | vs upstream | kernel files | server check |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for m in METHODS:
         rs = by[m]
         if not rs:
@@ -103,8 +122,12 @@ def table(runs: list[dict], gpu: str, command: str) -> str:
         med = statistics.median(secs)
         ratio = f"{med / base:.2f}x" if base else "-"
         files = "/".join(sorted({str(r["files"]) for r in rs}))
-        lines.append(f"| {m} | {len(rs)} | {med:.1f} | {max(secs):.1f} | {ratio} | {files} |")
-    failed = [r for r in runs if r["rc"] != 0]
+        checks = {("verified" if r["parallel"].get("verified") else "not verified")
+                  for r in rs if r.get("parallel")}  # fmt: skip
+        check = "/".join(sorted(checks)) or "-"
+        lines.append(f"| {m} | {len(rs)} | {med:.1f} | {max(secs):.1f} | {ratio} | {files} "
+                     f"| {check} |")  # fmt: skip
+    failed = [r for r in runs if r["rc"] != 0]  # 124: stopped at --timeout
     if failed:
         names = ", ".join(f"{r['method']} (exit {r['rc']})" for r in failed)
         lines.append(f"\nfailed runs: {names}")

@@ -146,18 +146,27 @@ def plan(
 
 
 def shape_plan(spec: server_spec.ServerSpec) -> gs.Plan:
-    """The DeepGEMM shapes one GPU of this server compiles (sglkit.cache.gemm_shapes)."""
+    """The DeepGEMM shapes one GPU of this server compiles (sglkit.cache.gemm_shapes); an empty
+    plan with the reason where it cannot be made (the server then warms alone)."""
     config = spec.profile.model_config_path()
     if config is None or not config.is_file():
         return gs.Plan((), "no config.json of the model here")
     flags = spec.flag_values()
-    return gs.plan(
-        config,
-        tp=spec.server["tp"],
-        ep=spec.server["ep"] or 1,
-        moe_runner_backend=flags.get("--moe-runner-backend"),
-        disable_shared_experts_fusion=bool(flags.get("--disable-shared-experts-fusion")),
-    )
+    try:
+        return gs.plan(
+            config,
+            tp=spec.server["tp"],
+            ep=spec.server["ep"] or 1,
+            dp=spec.server["dp"] or 1,
+            enable_dp_attention=bool(flags.get("--enable-dp-attention")),
+            moe_dense_tp_size=flags.get("--moe-dense-tp-size"),
+            moe_runner_backend=flags.get("--moe-runner-backend"),
+            moe_a2a_backend=flags.get("--moe-a2a-backend"),
+            fp8_gemm_backend=flags.get("--fp8-gemm-backend"),
+            disable_shared_experts_fusion=bool(flags.get("--disable-shared-experts-fusion")),
+        )
+    except (KeyError, TypeError, ValueError, SglkitError) as e:
+        return gs.Plan((), f"no plan from {config.name}: {type(e).__name__}: {e}")
 
 
 # SGLang logs this line for every shape it sweeps (compile_utils, 0.5.16-0.5.23)
@@ -331,14 +340,16 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
     if not shapes.shapes:
         rep.say(f"parallel compile: skipped ({shapes.reason}); the server warms alone")
         return None
-    flags = pl.spec.flag_values()
-    cps = flags.get("--chunked-prefill-size")
-    cps = int(cps) if cps is not None else None
     env = {**pl.env}
     fast = str(env.get("SGLANG_JIT_DEEPGEMM_FAST_WARMUP", os.environ.get(
         "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", ""))).lower() in ("1", "true", "yes")  # fmt: skip
     if pl.jobs is None:
-        jobs, why = default_jobs(list(shapes.shapes), gs.m_values(cps or 8192, fast))
+        cps = pl.spec.flag_values().get("--chunked-prefill-size")
+        jobs, why = default_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast))
+        if jobs == 1:
+            rep.say(f"parallel compile: skipped (room for one worker only: {why}); the server "
+                    "warms alone")  # fmt: skip
+            return None
     else:
         jobs, why = pl.jobs, "--jobs"
     rep.set_phase(f"compiling {len(shapes.shapes)} DeepGEMM shapes on {jobs} workers")
@@ -352,9 +363,10 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
                 env=env,
                 folder=pl.folder,
                 jobs=jobs,
-                chunked_prefill_size=cps,
+                chunked_prefill_size=None,  # SGLang's own, after its adjustments (DP, ...)
                 fast_warmup=fast,
                 say=rep.say,
+                timeout=pl.timeout,
             )
     except KeyboardInterrupt:  # compile_all has stopped the workers and removed their leftovers
         raise SglkitError(f"interrupted while {rep.phase}; no marker written",
@@ -367,21 +379,30 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
 
 
 def verify(out: par.Outcome, before: set[str], after: set[str], log: Path) -> dict:
-    """Did the server, sweeping every M of every shape on the cache, compile anything new?"""
+    """Did the server, sweeping every M of every shape on the cache, compile anything new? It
+    counts as checked only where the server's log shows it swept every planned shape."""
     swept = swept_shapes(log.read_text(errors="replace")) if log.is_file() else []
     planned = {s.key for s in out.shapes}
     unplanned = [f"{k} N={n} K={kk} groups={g}" for k, n, kk, g in swept
                  if (k, n, kk, g) not in planned]  # fmt: skip
+    unswept = [s.label() for s in out.shapes if s.key not in set(swept)]
     added = sorted(after - before)
-    if not added:
-        line = (f"verified: the server swept {len(swept)} shapes on this cache and compiled "
-                f"nothing new ({len(after)} files)")  # fmt: skip
-    else:
+    if added:
         line = (f"incomplete: the server compiled {len(added)} more kernel files"
                 + (f" (shapes not in the plan: {', '.join(unplanned)})" if unplanned else "")
-                + "; its own warm completed the cache")  # fmt: skip
-    return {"verified": not added, "server_added": len(added), "swept_shapes": len(swept),
-            "unplanned_shapes": unplanned, "line": line}  # fmt: skip
+                + "; its own sweep completed the cache, and the marker says so")  # fmt: skip
+    elif not swept:
+        line = ("unchecked: the server's log shows no DeepGEMM sweep (its log level hides it, "
+                f"or it swept nothing); it compiled nothing new ({len(after)} files)")  # fmt: skip
+    elif unswept:
+        line = (f"unchecked: the server swept {len(swept)} shapes but not the planned "
+                f"{', '.join(unswept)}; it compiled nothing new ({len(after)} files)")  # fmt: skip
+    else:
+        line = (f"verified: the server swept {len(swept)} shapes on this cache and compiled "
+                f"nothing new ({len(after)} files)")  # fmt: skip
+    return {"verified": not added and bool(swept) and not unswept, "server_added": len(added),
+            "swept_shapes": len(swept), "unplanned_shapes": unplanned,
+            "unswept_shapes": unswept, "line": line}  # fmt: skip
 
 
 def log_path(pl: Plan) -> Path:

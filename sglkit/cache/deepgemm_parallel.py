@@ -34,8 +34,13 @@ from sglkit.errors import SglkitError
 
 def _init(env: dict[str, str]) -> None:
     # its own process group: a stop kills the worker with the compilers it started (nvcc), and
-    # a Ctrl-C at the terminal reaches only the warm, which then stops the workers
+    # a Ctrl-C at the terminal reaches only the warm, which then stops the workers; and killed
+    # with the warm, whatever kills it (Linux: the parent-death signal)
     os.setpgrp()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     os.environ.update(env)
     os.environ["TQDM_DISABLE"] = "1"  # SGLang's per-M progress bar, once per worker
     from sglang.srt.layers.deep_gemm_wrapper import compile_utils  # noqa: F401 (the slow import)
@@ -50,10 +55,22 @@ def _ping() -> bool:
 
 
 def _chunked_prefill_size(flags: list[str]) -> int:
-    """The chunked prefill size SGLang settles on for these flags on this GPU."""
+    """The chunked prefill size SGLang settles on for these flags on this GPU: its own parser,
+    resolved (0.5.19 on: `prepare_server_args` returns the record unresolved; the resolved value
+    is read through `resolved_view`), -1 where chunked prefill is off."""
     from sglang.srt.server_args import prepare_server_args
 
-    value = prepare_server_args(list(flags)).chunked_prefill_size
+    sa = prepare_server_args(list(flags))
+    view = sa
+    if callable(getattr(sa, "resolve_once", None)):
+        sa.resolve_once()
+        try:
+            from sglang.srt.arg_groups.model_override_base import resolved_view
+
+            view = resolved_view(sa)
+        except ImportError:
+            pass
+    value = view.chunked_prefill_size
     return -1 if value is None else int(value)
 
 
@@ -87,15 +104,15 @@ def kernel_files(folder: Path) -> set[str]:
 
 
 def discard_partial(folder: Path, since: float) -> list[str]:
-    """Remove what a stopped compile leaves: its temporary files, and kernel folders without
-    their kernel.cubin (DeepGEMM writes kernel.cu there first, then renames the binary in)."""
+    """Remove what a stopped compile leaves: what it was building under tmp/ (files or folders),
+    and kernel folders without their kernel.cubin."""
     gone: list[str] = []
     tmp = folder / "tmp"
     if tmp.is_dir():
         for p in tmp.iterdir():
             with contextlib.suppress(OSError):
-                if p.is_file() and p.stat().st_mtime >= since - 1:
-                    p.unlink()
+                if p.stat().st_mtime >= since - 1:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
                     gone.append(str(p))
     cache = folder / "cache"
     if cache.is_dir():
@@ -161,6 +178,7 @@ def compile_all(
     chunked_prefill_size: int | None,
     fast_warmup: bool,
     say,
+    timeout: float = 3600.0,
 ) -> Outcome | None:
     """Compile every shape for every M the server will use, `jobs` workers at once; None (and
     a line said) where SGLang has DeepGEMM off here, so that the server warms alone."""
@@ -188,8 +206,15 @@ def compile_all(
         futs = {pool.submit(_compile, it.shape.kind, it.shape.n, it.shape.k, it.shape.groups,
                             it.ms): it for it in work}  # fmt: skip
         pending, done_n = set(futs), 0
+        deadline = time.monotonic() + timeout
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            left = deadline - time.monotonic()
+            done, pending = wait(pending, timeout=max(0.0, left), return_when=FIRST_COMPLETED)
+            if not done and pending:
+                raise SglkitError(
+                    f"cache.deepgemm --jobs: {len(pending)} of {len(work)} slices not compiled "
+                    f"after --timeout {timeout:g} s; no marker written"
+                )
             for f in done:
                 out.worker_seconds += f.result()  # re-raises a worker's error
                 done_n += 1
@@ -198,8 +223,9 @@ def compile_all(
         ok = True
     except BrokenProcessPool:
         raise SglkitError(
-            "cache.deepgemm --jobs: a compile worker died (killed or crashed; see dmesg for "
-            "the out-of-memory killer); no marker written; --jobs 1 warms with the server alone"
+            "cache.deepgemm --jobs: a compile worker died, or could not start (killed, crashed, "
+            "or its import of SGLang failed; see dmesg for the out-of-memory killer); no marker "
+            "written; --jobs 1 warms with the server alone"
         ) from None
     except Exception as e:
         if isinstance(e, SglkitError):

@@ -7,11 +7,14 @@ reaches DeepGEMM (read in their wheels):
   `deepgemm_w8a8_block_fp8_linear_with_fallback` when DeepGEMM is on, and only where
   N % 64 == 0 and K % 128 == 0 (else Triton): kind GEMM_NT_F8F8BF16 with the layer's per-GPU
   N (output) and K (input);
-- the routed experts reach DeepGEMM only with `--moe-runner-backend deep_gemm` (the standard
-  dispatcher then uses the masked grouped GEMM for both expert GEMMs); by default they run on
-  the Triton fused-MoE kernel;
-- DeepSeek-V3's shared expert is fused into the routed experts (Triton) unless fusion is off or
-  EP > 1; its MLA absorbed BMMs use DeepGEMM only under SGL_USE_DEEPGEMM_BMM (not planned).
+- the routed experts reach DeepGEMM with `--moe-runner-backend deep_gemm` (the standard
+  dispatcher then uses the masked grouped GEMM for both expert GEMMs; planned, with the fused
+  shared expert as one more group) or with an all-to-all backend such as DeepEP (not planned:
+  the server's sweep compiles those); by default they run on the Triton fused-MoE kernel;
+- DeepSeek-V3's shared expert is fused into the routed experts unless fusion is off, EP > 1 or
+  an all-to-all backend runs; its MLA absorbed BMMs use DeepGEMM only under
+  SGL_USE_DEEPGEMM_BMM (not planned); `--fp8-gemm-backend` other than auto or deep_gemm keeps
+  the fp8 linear layers off DeepGEMM.
 
 M: SGLang compiles every M in 1..m_max for each shape (`update_deep_gemm_config`): m_max is
 16384, 65536 when chunked prefill is off, twice the chunk above 8192, at most 131072;
@@ -82,28 +85,45 @@ def _linear(shapes: list[Shape], n: int, k: int, what: str) -> None:
         shapes.append(Shape(NORMAL, n, k, 1, what))
 
 
+A2A_DEEPGEMM = {"deepep", "mooncake", "nixl"}  # a2a backends whose MoE runs on DeepGEMM
+
+
 def plan(
     config_json: dict | str | Path,
     *,
     tp: int = 1,
     ep: int = 1,
+    dp: int = 1,
+    enable_dp_attention: bool = False,
+    moe_dense_tp_size: int | str | None = None,
     moe_runner_backend: str | None = None,
+    moe_a2a_backend: str | None = None,
+    fp8_gemm_backend: str | None = None,
     disable_shared_experts_fusion: bool = False,
 ) -> Plan:
-    """The DeepGEMM shapes of one GPU of the server, without duplicates, in layer order."""
+    """The DeepGEMM shapes of one GPU of the server, without duplicates, in layer order.
+
+    Attention layers split over tp / dp with DP attention; DeepSeek's dense MLP over
+    --moe-dense-tp-size where given. With an all-to-all MoE backend (DeepEP and kin) the
+    experts run on DeepGEMM kinds this plan leaves to the server's own sweep, and the shared
+    expert is neither fused nor split."""
     top = load_config(config_json)
     archs = top.get("architectures") or ["?"]
     arch = str(archs[0])
     dtype, block, _, _ = quantization(top)
     if dtype != "fp8_w8a8" or block != (128, 128):
         return Plan((), f"{arch}: not fp8 with 128x128 blocks, so no DeepGEMM GEMMs")
+    if fp8_gemm_backend not in (None, "auto", "deep_gemm"):
+        return Plan((), f"--fp8-gemm-backend {fp8_gemm_backend}: the fp8 layers skip DeepGEMM")
     cfg: dict[str, Any] = top.get("text_config") or top
     tp, ep = max(1, int(tp)), max(1, int(ep))
+    attn_tp = max(1, tp // max(1, int(dp))) if enable_dp_attention else tp
+    a2a = (moe_a2a_backend or "none") in A2A_DEEPGEMM
     hidden = int(cfg["hidden_size"])
     layers = int(cfg.get("num_hidden_layers", 1))
     shapes: list[Shape] = []
     if arch in DEEPSEEK:
-        heads = int(cfg["num_attention_heads"]) // tp
+        heads = int(cfg["num_attention_heads"]) // attn_tp
         nope, rope = int(cfg["qk_nope_head_dim"]), int(cfg["qk_rope_head_dim"])
         v, kv_rank = int(cfg["v_head_dim"]), int(cfg["kv_lora_rank"])
         q_rank = cfg.get("q_lora_rank")
@@ -117,25 +137,27 @@ def plan(
         _linear(shapes, hidden, heads * v, "o_proj")
         dense = min(layers, int(cfg.get("first_k_dense_replace", 0) or 0))
         if dense:
-            inter = int(cfg["intermediate_size"]) // tp
+            inter = int(cfg["intermediate_size"]) // max(1, int(moe_dense_tp_size or tp))
             _linear(shapes, 2 * inter, hidden, "mlp.gate_up_proj")
             _linear(shapes, hidden, inter, "mlp.down_proj")
         if layers > dense:
             shared = int(cfg.get("n_shared_experts") or 0)
             fused = (arch == "DeepseekV3ForCausalLM" and int(cfg.get("n_routed_experts", 0)) == 256
-                     and shared == 1 and ep == 1 and not disable_shared_experts_fusion)  # fmt: skip
+                     and shared == 1 and ep == 1 and not a2a
+                     and not disable_shared_experts_fusion)  # fmt: skip
             moe_inter = int(cfg["moe_intermediate_size"])
             if shared and not fused:
-                _linear(shapes, 2 * shared * moe_inter // tp, hidden, "shared_experts.gate_up")
-                _linear(shapes, hidden, shared * moe_inter // tp, "shared_experts.down")
-            if moe_runner_backend == "deep_gemm":
-                experts = int(cfg["n_routed_experts"]) // ep
+                stp = 1 if a2a else tp
+                _linear(shapes, 2 * shared * moe_inter // stp, hidden, "shared_experts.gate_up")
+                _linear(shapes, hidden, shared * moe_inter // stp, "shared_experts.down")
+            if moe_runner_backend == "deep_gemm" and not a2a:
+                experts = int(cfg["n_routed_experts"]) // ep + (shared if fused else 0)
                 _experts(shapes, experts, moe_inter, hidden, tp, ep)
     elif arch in QWEN_MOE or arch in DENSE:
         heads = int(cfg["num_attention_heads"])
         kv = int(cfg.get("num_key_value_heads") or heads)
         head_dim = int(cfg.get("head_dim") or hidden // heads)
-        q_per, kv_per = heads // tp, max(1, kv // tp)
+        q_per, kv_per = heads // attn_tp, max(1, kv // attn_tp)
         _linear(shapes, (q_per + 2 * kv_per) * head_dim, hidden, "qkv_proj")
         _linear(shapes, hidden, q_per * head_dim, "o_proj")
         dense_layers = layers
@@ -144,7 +166,11 @@ def plan(
             only = set(cfg.get("mlp_only_layers") or [])
             sparse = [i for i in range(layers) if i not in only and (i + 1) % step == 0]
             dense_layers = layers - len(sparse)
-            if sparse and moe_runner_backend == "deep_gemm":
+            shared_inter = int(cfg.get("shared_expert_intermediate_size") or 0)
+            if sparse and shared_inter:  # Qwen2-MoE's shared expert: an fp8 MLP, split by tp
+                _linear(shapes, 2 * shared_inter // tp, hidden, "shared_expert.gate_up")
+                _linear(shapes, hidden, shared_inter // tp, "shared_expert.down")
+            if sparse and moe_runner_backend == "deep_gemm" and not a2a:
                 experts = int(cfg["num_experts"]) // ep
                 _experts(shapes, experts, int(cfg["moe_intermediate_size"]), hidden, tp, ep)
         if dense_layers:
@@ -154,8 +180,8 @@ def plan(
     else:
         return Plan((), f"{arch}: no DeepGEMM shape plan for this architecture")
     unique: dict[tuple, Shape] = {}
-    for s in shapes:
-        unique.setdefault(s.key, s)
+    for sh in shapes:
+        unique.setdefault(sh.key, sh)
     return Plan(tuple(unique.values()), f"{arch} at TP={tp} EP={ep}")
 
 

@@ -259,6 +259,29 @@ def test_a_shape_the_plan_lacks_is_named_and_the_marker_says_unverified(setup, w
     assert_nothing_left(token, wait_for)
 
 
+@pytest.mark.parametrize(
+    ("sweep", "says"),
+    [([], "unchecked: the server's log shows no DeepGEMM sweep"),
+     (PLANNED[:1], f"unchecked: the server swept 1 shapes but not the planned {LABELS[1]}")],
+    ids=["no-sweep-lines", "a-planned-shape-unswept"],
+)  # fmt: skip
+def test_a_check_that_did_not_sweep_every_planned_shape_is_not_called_verified(
+    setup, wait_for, sweep, says
+):
+    """Nothing added proves nothing where the server did not sweep a planned shape (its log
+    level hid the lines, or the warm-up never reached that layer)."""
+    profile, folder, token = setup
+    rc, out = warm(profile, "--jobs", "2", env=env_for(token, sweep=sweep))
+    assert rc == 0, out
+    assert says in out, out
+    assert "verified:" not in out
+    par = store.read_marker(folder)["parallel"]
+    assert par["verified"] is False and par["server_added"] == 0
+    assert par["unswept_shapes"] == [lb for lb, sh in zip(LABELS, PLANNED, strict=True)
+                                     if sh not in sweep]  # fmt: skip
+    assert_nothing_left(token, wait_for)
+
+
 # ---- (c), (d) a worker that dies or raises -------------------------------------------------------
 
 

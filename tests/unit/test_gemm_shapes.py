@@ -311,3 +311,54 @@ def test_bytes_at_follows_sglangs_warmup_executor():
     assert gs.Shape(M, 256, 512, g).bytes_at(1000) == (
         g * 1000 * 512 + g * 256 * 512 + g * 4 + g * 1000 * 256 * 2
     )
+
+
+# ---- the server flags that move shapes (review of issue 19) --------------------------------------
+
+
+def _keys(plan: gs.Plan) -> set[tuple]:
+    return {s.key for s in plan.shapes}
+
+
+def test_fused_shared_expert_is_one_more_group_of_the_deepgemm_experts():
+    p = gs.plan(DEEPSEEK_FP8, moe_runner_backend="deep_gemm")
+    masked = {s.groups for s in p.shapes if s.kind == gs.MASKED}
+    assert masked == {257}  # 256 routed + the fused shared expert (SGLang's num_local_experts)
+    unfused = gs.plan(
+        DEEPSEEK_FP8, moe_runner_backend="deep_gemm", disable_shared_experts_fusion=True
+    )
+    assert {s.groups for s in unfused.shapes if s.kind == gs.MASKED} == {256}
+    assert (gs.NORMAL, 4096, 7168, 1) in _keys(unfused)  # the shared expert's own gate_up
+
+
+def test_an_fp8_gemm_backend_other_than_deepgemm_plans_nothing():
+    assert gs.plan(DEEPSEEK_FP8, fp8_gemm_backend="triton").shapes == ()
+    assert "--fp8-gemm-backend triton" in gs.plan(DEEPSEEK_FP8, fp8_gemm_backend="triton").reason
+    assert _keys(gs.plan(DEEPSEEK_FP8, fp8_gemm_backend="deep_gemm")) == _keys(
+        gs.plan(DEEPSEEK_FP8)
+    )
+
+
+def test_dp_attention_splits_attention_over_tp_over_dp_and_the_mlp_over_tp():
+    p = gs.plan(DEEPSEEK_FP8, tp=8, dp=8, enable_dp_attention=True)
+    keys = _keys(p)
+    assert (gs.NORMAL, 24576, 1536, 1) in keys  # q_b_proj whole: attention TP 1
+    assert (gs.NORMAL, 36864 // 8, 7168, 1) in keys  # the dense MLP still over TP 8
+    dense_tp = gs.plan(DEEPSEEK_FP8, tp=8, moe_dense_tp_size=1)
+    assert (gs.NORMAL, 36864, 7168, 1) in _keys(dense_tp)
+
+
+def test_under_deepep_the_shared_expert_is_unfused_and_whole_and_experts_are_left_to_the_server():
+    p = gs.plan(DEEPSEEK_FP8, tp=8, moe_a2a_backend="deepep", moe_runner_backend="deep_gemm")
+    keys = _keys(p)
+    assert (gs.NORMAL, 4096, 7168, 1) in keys and (gs.NORMAL, 7168, 2048, 1) in keys
+    assert not any(s.kind == gs.MASKED for s in p.shapes)
+
+
+def test_qwen2_moe_plans_its_shared_expert(tmp_path):
+    cfg = json.loads(QWEN_FP8.read_text())
+    cfg.update(architectures=["Qwen2MoeForCausalLM"], shared_expert_intermediate_size=2560)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    keys = _keys(gs.plan(path, tp=2))
+    assert (gs.NORMAL, 2560, 4096, 1) in keys and (gs.NORMAL, 4096, 1280, 1) in keys
