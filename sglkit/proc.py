@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Have Linux send this process `sig` when its parent dies (between fork and exec, or in a
+    worker's initializer); a no-op where prctl is not there."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
     except OSError:
         pass
 
@@ -45,7 +47,7 @@ def spawn(
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
-        preexec_fn=_die_with_parent if die_with_parent else None,
+        preexec_fn=set_parent_death_signal if die_with_parent else None,
     )
 
 

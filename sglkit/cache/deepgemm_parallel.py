@@ -28,6 +28,7 @@ from pathlib import Path
 from sglkit.cache import gemm_shapes as gs
 from sglkit.cache import store
 from sglkit.errors import SglkitError
+from sglkit.proc import set_parent_death_signal
 
 # ---- in the worker processes ---------------------------------------------------------------------
 
@@ -37,10 +38,7 @@ def _init(env: dict[str, str]) -> None:
     # a Ctrl-C at the terminal reaches only the warm, which then stops the workers; and killed
     # with the warm, whatever kills it (Linux: the parent-death signal)
     os.setpgrp()
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    set_parent_death_signal(signal.SIGKILL)
     os.environ.update(env)
     os.environ["TQDM_DISABLE"] = "1"  # SGLang's per-M progress bar, once per worker
     from sglang.srt.layers.deep_gemm_wrapper import compile_utils  # noqa: F401 (the slow import)
