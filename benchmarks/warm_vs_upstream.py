@@ -20,11 +20,9 @@ then `--merge a.json b.json` prints the table of all of them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from sglkit.cache import deepgemm_parallel as par  # noqa: E402
 from sglkit.net import free_port  # noqa: E402
+from sglkit.proc import terminate_group  # noqa: E402
 
 METHODS = ("upstream", "serial", "parallel")
 
@@ -93,18 +92,12 @@ def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: fl
 
 
 def stop_after(child: subprocess.Popen, timeout: float, grace: float = 60.0) -> int:
-    """Its exit status; past `timeout` it gets SIGTERM (the kit's tasks then stop their server
-    and workers), then its session is killed after `grace`: exit status 124, as timeout(1)."""
+    """Its exit status; past `timeout` its session gets SIGTERM (the kit's tasks then stop their
+    server and workers), then SIGKILL after `grace`: exit status 124, as timeout(1)."""
     try:
         return child.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        terminate_group(child, grace)
         return 124
 
 
