@@ -116,7 +116,8 @@ def _torch_cuda() -> tuple[str | None, str]:
 
 
 def _gpu() -> tuple[str | None, str | None, str]:
-    """Name and compute capability of GPU 0: NVML where it imports, else nvidia-smi."""
+    """Name and compute capability of GPU 0 (sglkit.nvml): NVML where it imports, else
+    nvidia-smi."""
     try:
         name, capability = nvml.gpu0()
         return name, capability, ""
@@ -127,7 +128,12 @@ def _gpu() -> tuple[str | None, str | None, str]:
         return None, None, f"no GPU visible ({nvml_error}; nvidia-smi not on PATH)"
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
+            [
+                smi,
+                "--query-gpu=name,compute_cap",
+                "--format=csv,noheader",
+                f"--id={nvml.visible_gpu0()}",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
@@ -135,7 +141,7 @@ def _gpu() -> tuple[str | None, str | None, str]:
         ).stdout.strip()
         name, cap = (s.strip() for s in out.split(",", 1))
         return name, cap, ""
-    except (subprocess.SubprocessError, OSError, ValueError) as e:
+    except (subprocess.SubprocessError, OSError, ValueError, RuntimeError) as e:
         return None, None, f"no GPU visible ({nvml_error}; nvidia-smi: {type(e).__name__})"
 
 
