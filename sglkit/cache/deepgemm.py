@@ -375,6 +375,10 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
         return None
     rep.say(f"parallel compile: {out.files} kernel files in {out.seconds:.1f} s "
             f"({out.worker_seconds:.0f} worker-seconds); the server now checks them")  # fmt: skip
+    if out.cut:
+        rep.say(f"parallel compile: SGLang cut {len(out.cut)} slices short for lack of GPU "
+                f"memory ({'; '.join(out.cut)}); the server's sweep compiles what they missed; "
+                "fewer --jobs leave each worker more memory")  # fmt: skip
     return out
 
 

@@ -15,8 +15,10 @@ removes those, and the warm fails in one line with no marker written.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import time
@@ -72,14 +74,40 @@ def _chunked_prefill_size(flags: list[str]) -> int:
     return -1 if value is None else int(value)
 
 
-def _compile(kind: str, n: int, k: int, groups: int, ms: tuple[int, ...]) -> float:
+# SGLang's warning (compile_utils, 0.5.16-0.5.23) when the GPU's free memory is short of the
+# warm-up buffers for the largest M: it then compiles only the M values up to the one it names
+CUT_LINE = re.compile(r"reducing max_m to (\d+)")
+
+
+class _CutWatch(logging.Handler):
+    """Catches SGLang's warning that it cut a slice's M values for lack of GPU memory."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.max_m: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = CUT_LINE.search(record.getMessage())
+        if m:
+            self.max_m = int(m.group(1))
+
+
+def _compile(
+    kind: str, n: int, k: int, groups: int, ms: tuple[int, ...]
+) -> tuple[float, int | None]:
+    """(seconds, the M that SGLang cut this slice at for lack of GPU memory, or None)."""
     from sglang.srt.layers.deep_gemm_wrapper import compile_utils as cu
 
+    watch, log = _CutWatch(), logging.getLogger(cu.__name__)
+    log.addHandler(watch)
     t0 = time.perf_counter()
-    cu._compile_deep_gemm_one_type_all(
-        kernel_type=cu.DeepGemmKernelType[kind], n=n, k=k, num_groups=groups, m_list=list(ms)
-    )
-    return time.perf_counter() - t0
+    try:
+        cu._compile_deep_gemm_one_type_all(
+            kernel_type=cu.DeepGemmKernelType[kind], n=n, k=k, num_groups=groups, m_list=list(ms)
+        )
+    finally:
+        log.removeHandler(watch)
+    return time.perf_counter() - t0, watch.max_m
 
 
 # ---- in the caller -------------------------------------------------------------------------------
@@ -136,7 +164,7 @@ class Outcome:
     seconds: float = 0.0
     worker_seconds: float = 0.0
     files: int = 0
-    notes: list[str] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)  # slices SGLang cut short for GPU memory
 
     def to_json(self) -> dict:
         return {
@@ -148,6 +176,7 @@ class Outcome:
             "seconds": round(self.seconds, 2),
             "worker_seconds": round(self.worker_seconds, 2),
             "files": self.files,
+            "cut": self.cut,
         }
 
 
@@ -214,10 +243,14 @@ def compile_all(
                     f"after --timeout {timeout:g} s; no marker written"
                 )
             for f in done:
-                out.worker_seconds += f.result()  # re-raises a worker's error
+                seconds, cut_at = f.result()  # re-raises a worker's error
+                out.worker_seconds += seconds
                 done_n += 1
+                cut = "" if cut_at is None else f"; SGLang cut it at M={cut_at} (GPU memory)"
+                if cut_at is not None:
+                    out.cut.append(f"{futs[f].label()} at M={cut_at}")
                 say(f"[{done_n}/{len(work)}] {futs[f].label()} "
-                    f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+                    f"({time.perf_counter() - t0:.0f} s){cut}")  # fmt: skip
         ok = True
     except BrokenProcessPool:
         raise SglkitError(

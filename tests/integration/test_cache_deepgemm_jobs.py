@@ -146,7 +146,7 @@ def env_for(token: str, *, standin: bool = True, sweep=PLANNED, **extra: str) ->
     env = dict(os.environ)
     for var in ("SGLKIT_CACHE_ROOT", "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", "STANDIN_DG_SWEEP",
                 "STANDIN_DG_CRASH", "STANDIN_DG_RAISE", "STANDIN_DG_BLOCK",
-                "STANDIN_DG_OFF"):  # fmt: skip
+                "STANDIN_DG_OFF", "STANDIN_DG_CUT"):  # fmt: skip
         env.pop(var, None)
     env["PYTHONPATH"] = os.pathsep.join([str(STANDIN_DG), str(REPO)] if standin else [str(REPO)])
     if sweep is not None:
@@ -219,6 +219,7 @@ def test_complete_parallel_warm_is_verified_by_the_server(setup, wait_for):
     assert par["verified"] is True and par["server_added"] == 0
     assert par["swept_shapes"] == 2 and par["unplanned_shapes"] == []
     assert par["jobs"] == 3 and par["shapes"] == LABELS and par["files"] == 60
+    assert par["cut"] == []
     assert par["m_values"] == 16384 and par["chunked_prefill_size"] == 2048
     assert kernel_files(folder) == expected_files(PLANNED)
     assert_no_partial_entries(folder)
@@ -256,6 +257,26 @@ def test_a_shape_the_plan_lacks_is_named_and_the_marker_says_unverified(setup, w
     assert par["swept_shapes"] == 3
     # the server's own sweep completed the cache
     assert kernel_files(folder) == expected_files([*PLANNED, EXTRA])
+    assert_nothing_left(token, wait_for)
+
+
+def test_a_slice_sglang_cuts_for_gpu_memory_is_named_and_the_server_compiles_the_rest(
+    setup, wait_for
+):
+    profile, folder, token = setup
+    # the workers of N=9216 stop at M=4096: the kernels of M 8192-16383 (b14, b15) are missing
+    rc, out = warm(profile, "--jobs", "2", env=env_for(token, STANDIN_DG_CUT="9216:4096"))
+    assert rc == 0, out
+    cut = [ln for ln in out.splitlines() if "SGLang cut" in ln and "slices short" in ln]
+    assert len(cut) == 1, out
+    assert f"{LABELS[0]} M " in cut[0] and "at M=4096" in cut[0], cut[0]
+    assert f"{LABELS[1]} M " not in cut[0], cut[0]
+    assert "the server compiled 4 more kernel files" in out, out
+    par = store.read_marker(folder)["parallel"]
+    assert par["verified"] is False and par["server_added"] == 4
+    assert par["cut"] and all(c.startswith(LABELS[0]) and c.endswith("at M=4096")
+                              for c in par["cut"])  # fmt: skip
+    assert kernel_files(folder) == expected_files(PLANNED)  # the server's sweep completed it
     assert_nothing_left(token, wait_for)
 
 
