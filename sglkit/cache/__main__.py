@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.add_argument("--lock-timeout", type=float, default=0.0)
     d.add_argument("--dry-run", action="store_true")
-    d.add_argument("--jobs", type=int)
+    d.add_argument("--jobs", help="workers, or auto (default 1: the server warms alone)")
     s = sub.add_parser("status", help="cache folders, sizes, markers")
     s.add_argument("--profile")
     e = sub.add_parser("export", help="pack the warmed DeepGEMM cache")

@@ -58,7 +58,7 @@ class Plan:
     env: dict[str, str]  # what the child gets on top of the caller's environment
     folder: Path
     timeout: float
-    jobs: int | None = None  # compile workers before the server's own warm; None: as many as fit
+    jobs: int | None = 1  # compile workers before the server's own warm; None: as many as fit
 
     @property
     def profile(self) -> profiles.Profile:
@@ -67,6 +67,31 @@ class Plan:
     @property
     def argv(self) -> list[str]:
         return self.spec.argv()
+
+
+# Without --jobs the server warms alone. Measured on an H100 with sgl-deep-gemm 0.1.4
+# (docs/caching.md), SGLang's sweep runs every M's GEMM on the GPU, so the workers' compile and
+# the server's check each pay that sweep: the parallel warm paid off for the two-layer Qwen3-MoE
+# (2 shapes) and lost to the server alone for the two-layer DeepSeek-V3 (6 larger shapes).
+DEFAULT_JOBS = 1
+
+
+def parse_jobs(value: int | str | None) -> int | None:
+    """--jobs: a positive number of workers, or "auto" (None: the cores here, capped by GPU
+    memory); not given: DEFAULT_JOBS."""
+    if value is None:
+        return DEFAULT_JOBS
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--jobs: expected a positive number of workers or 'auto', got {value!r}"
+        ) from None
+    if n < 1:
+        raise ConfigError(f"--jobs: expected a positive number of workers or 'auto', got {n}")
+    return n
 
 
 def plan(
@@ -79,14 +104,13 @@ def plan(
     timeout: float = 3600.0,
     node_rank: int | None = None,
     dist_init_addr: str | None = None,
-    jobs: int | None = None,
+    jobs: int | str | None = None,
 ) -> Plan:
     """Resolve what would run; raise ConfigError (exit 2) naming the flag or field at fault."""
     p = profiles.load(profile)
     if timeout is None or timeout <= 0:
         raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout!r}")
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs: expected a positive number of workers, got {jobs}")
+    jobs = parse_jobs(jobs)
     if model is not None and not str(model).strip():
         raise ConfigError("--model: expected a model path or hub id")
     if model is not None:
@@ -315,8 +339,8 @@ def warm(
     return Result("warmed", marker, rep.elapsed())
 
 
-def default_jobs(shapes: list[gs.Shape], ms_guess: list[int]) -> tuple[int, str]:
-    """Workers when --jobs is not given: the cores this process may use, capped by GPU memory."""
+def auto_jobs(shapes: list[gs.Shape], ms_guess: list[int]) -> tuple[int, str]:
+    """Workers for --jobs auto: the cores this process may use, capped by GPU memory."""
     from sglkit import nvml
 
     try:
@@ -345,7 +369,7 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
         "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", ""))).lower() in ("1", "true", "yes")  # fmt: skip
     if pl.jobs is None:
         cps = pl.spec.flag_values().get("--chunked-prefill-size")
-        jobs, why = default_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast))
+        jobs, why = auto_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast))
         if jobs == 1:
             rep.say(f"parallel compile: skipped (room for one worker only: {why}); the server "
                     "warms alone")  # fmt: skip

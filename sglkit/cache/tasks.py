@@ -39,8 +39,9 @@ from sglkit.errors import ConfigError
         "node-rank": NODE_RANK_HELP + "; each node warms and marks its own",
         "dist-init-addr": DIST_INIT_HELP,
         "dry-run": "print the argv, environment, folder and fingerprint as JSON; run nothing",
-        "jobs": "compile the kernels in N worker processes first, then let the server check "
-        "them (default: the cores here, capped by GPU memory; 1: the server warms alone)",
+        "jobs": "compile the kernels in N worker processes first (auto: the cores here, "
+        "capped by GPU memory), then let the server check them (default 1: the server warms "
+        "alone; docs/caching.md says when workers pay)",
     }
 )
 def deepgemm_(
@@ -69,7 +70,7 @@ def deepgemm_(
         timeout=number(timeout, "--timeout", float, default=3600.0),
         node_rank=number(node_rank, "--node-rank", int),
         dist_init_addr=dist_init_addr,
-        jobs=number(jobs, "--jobs", int, minimum=1),
+        jobs=jobs,
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))

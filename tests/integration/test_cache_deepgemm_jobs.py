@@ -349,7 +349,9 @@ def test_bad_jobs_is_one_line_exit_2_and_starts_nothing(setup, wait_for, value, 
 # ---- (f) --dry-run -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "jobs"), [(["--jobs", "3"], 3), ([], "auto")])
+@pytest.mark.parametrize(
+    ("args", "jobs"), [(["--jobs", "3"], 3), (["--jobs", "auto"], "auto"), ([], 1)]
+)
 def test_dry_run_shows_the_shapes_and_the_workers(setup, args, jobs):
     profile, folder, token = setup
     rc, out = warm(profile, "--dry-run", *args, env=env_for(token))
