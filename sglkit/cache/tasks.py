@@ -1,7 +1,8 @@
-"""invoke cache.*: deepgemm, triton, status, export, import (flags in, lines out).
+"""invoke cache.*: bytecode, deepgemm, triton, status, export, import (flags in, lines out).
 
-The work: sglkit.cache.deepgemm, .triton_warm (also `python -m sglkit.cache.triton_warm`), .status,
-.archive; every cache folder's marker and lock: sglkit.cache.store."""
+The work: sglkit.cache.bytecode, .deepgemm, .triton_warm (also `python -m
+sglkit.cache.triton_warm`), .status, .archive; every cache folder's marker and lock:
+sglkit.cache.store."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 from invoke import Collection
 from rich.table import Table
 
-from sglkit.cache import archive, deepgemm, store, triton_warm
+from sglkit import profile as profiles
+from sglkit.cache import archive, bytecode, deepgemm, store, triton_warm
 from sglkit.cache import status as cache_status
 from sglkit.cli import (
     DIST_INIT_HELP,
@@ -23,6 +25,7 @@ from sglkit.cli import (
 )
 from sglkit.console import echo
 from sglkit.errors import ConfigError
+from sglkit.server import spec as server_spec
 
 
 @task(
@@ -81,6 +84,14 @@ def deepgemm_(
         lock_timeout=number(lock_timeout, "--lock-timeout", float, default=0.0),
         grace=number(grace, "--grace", float, default=10.0),
     )
+
+
+@task(help={"profile": PROFILE_HELP})
+def bytecode_(c, profile=None):
+    """Byte-compile the Python packages the profile's server imports (SGLang's and torch's site
+    folders), so that its starts do not compile them from source."""
+    spec = server_spec.build(profiles.load(profile))
+    bytecode.run(spec, say=echo)
 
 
 @task(
@@ -157,6 +168,7 @@ def import_(c, archive_, profile=None, force=False):
 
 
 ns = Collection("cache")
+ns.add_task(bytecode_, name="bytecode")
 ns.add_task(deepgemm_, name="deepgemm")
 ns.add_task(status)
 ns.add_task(export)
