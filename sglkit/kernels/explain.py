@@ -19,9 +19,11 @@ def lookup(
     triton_version: str | None = None,
     sglang_version: str | None = None,
     store: str | None = None,
+    moe_configs: str = "kit",
 ) -> dict[str, Any]:
     """One JSON-able answer: the profile's shape, the versions, the folders, and per file its
     expected path, status, the file it loads, its source and the reason."""
+    overlay.check_source(moe_configs)
     p = profiles.load(profile)
     shape = target.profile_shape(p)
     rule = names.rule_for(sglang_version)
@@ -35,7 +37,8 @@ def lookup(
     overlay_dir = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
     shipped = overlay.sglang_configs_dir()
     file_names = kt.file_names()
-    verdicts = overlay.replay(file_names, triton_v, rule, overlay_dir, kt.store_root, shipped)
+    verdicts = overlay.replay(file_names, triton_v, rule, overlay_dir, kt.store_root, shipped,
+                              moe_configs)  # fmt: skip
     files = []
     for n, v in zip(file_names, verdicts, strict=True):
         lk = v.lookup
@@ -62,6 +65,7 @@ def lookup(
         "sglang": rule.version,
         "triton": triton_v,
         "overlay": str(overlay_dir),
+        "moe_configs": moe_configs,
         "store": str(kt.store_root),
         "sglang_configs": str(shipped) if shipped else None,
         "files": files,

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sglkit.errors import SglkitError
+from sglkit.errors import ConfigError, SglkitError
 from sglkit.fsutil import atomic_symlink, locked
 from sglkit.kernels import store
 from sglkit.kernels.names import Rule, triton_dir_name
@@ -126,13 +126,31 @@ def _resolve_sglang(sglang_dir: Path | _Installed | None) -> Path | None:
     return sglang_configs_dir() if sglang_dir is INSTALLED else sglang_dir
 
 
+# Which files the overlay holds (server.up / kernels.check --moe-configs): the kit's store over
+# SGLang's shipped files (kit, the default), SGLang's shipped files alone (sglang: what an
+# unpatched SGLang reads), or none, so that SGLang runs its default config (none).
+CONFIG_SOURCES = ("kit", "sglang", "none")
+
+
+def check_source(source: str) -> str:
+    if source not in CONFIG_SOURCES:
+        raise ConfigError(
+            f"--moe-configs: expected one of {', '.join(CONFIG_SOURCES)}, got {source!r}"
+        )
+    return source
+
+
 def plan(
-    store_root: Path | None = None, sglang_dir: Path | _Installed | None = INSTALLED
+    store_root: Path | None = None,
+    sglang_dir: Path | _Installed | None = INSTALLED,
+    source: str = "kit",
 ) -> dict[str, Entry]:
     """What the overlay holds: SGLang's shipped files (`sglang_dir`, a configs folder; None: none)
-    overlaid with the kit's store (`store_root`, default kernels/); the kit's file wins."""
-    shipped = _config_files(_resolve_sglang(sglang_dir))
-    kit = _config_files(store.configs_dir(store_root))
+    overlaid with the kit's store (`store_root`, default kernels/); the kit's file wins. `source`
+    (CONFIG_SOURCES) leaves out the store (sglang) or both (none)."""
+    check_source(source)
+    shipped = _config_files(_resolve_sglang(sglang_dir)) if source != "none" else {}
+    kit = _config_files(store.configs_dir(store_root)) if source == "kit" else {}
     entries = {rel: Entry(SGLANG, p) for rel, p in shipped.items()}
     for rel, p in kit.items():
         entries[rel] = Entry(KIT, p, shipped.get(rel))
@@ -186,13 +204,14 @@ def build(
     dest: Path,
     store_root: Path | None = None,
     sglang_dir: Path | _Installed | None = INSTALLED,
+    source: str = "kit",
 ) -> Path:
     """(Re)build the overlay at `dest` (a symlink to a sibling folder) atomically; returns `dest`.
 
     Unchanged content is left in place. A `dest` that exists and is not such a symlink is
     refused, never replaced."""
     dest = Path(dest)
-    entries = plan(store_root, sglang_dir)
+    entries = plan(store_root, sglang_dir, source)
     if dest.exists() and not dest.is_symlink():
         raise SglkitError(
             f"{dest}: exists and is not the kit's MoE config overlay (a symlink); move it away"
@@ -215,11 +234,13 @@ def build(
     return dest
 
 
-def prepare(profile, store_root: Path | None = None) -> Path:
+def prepare(profile, store_root: Path | None = None, source: str = "kit") -> Path:
     """Build the overlay where `profile.environment()` points SGLANG_MOE_CONFIG_DIR, from the
-    kit's store (`store_root`, default kernels/) and the installed SGLang's configs; returns
-    that folder. Call it right before starting a server with the profile's environment."""
-    return build(Path(profile.environment()["SGLANG_MOE_CONFIG_DIR"]), store_root)
+    kit's store (`store_root`, default kernels/) and the installed SGLang's configs, as `source`
+    says; returns that folder. Call it right before starting a server with the profile's
+    environment."""
+    dest = Path(profile.environment()["SGLANG_MOE_CONFIG_DIR"])
+    return build(dest, store_root, source=source)
 
 
 # ---- SGLang's lookup over the overlay --------------------------------------------------------
@@ -298,11 +319,12 @@ def replay(
     overlay_dir: Path,
     store_root: Path | None = None,
     sglang_dir: Path | _Installed | None = INSTALLED,
+    source: str = "kit",
 ) -> list[Verdict]:
     """SGLang's lookup of each name over the overlay `prepare` would build at `overlay_dir` (built
     in a temporary folder: nothing under `overlay_dir` is written). A `_down` name right after
     its gate/up name reuses that verdict when it falls back to the up file."""
-    entries = plan(store_root, sglang_dir)
+    entries = plan(store_root, sglang_dir, source)
     out: list[Verdict] = []
     with tempfile.TemporaryDirectory(prefix="sglkit-overlay-") as tmp:
         scratch = Path(tmp) / "overlay"

@@ -76,6 +76,7 @@ def name(
         "triton_version": "Triton version SGLang runs with (default: installed)",
         "sglang_version": "SGLang version (default: installed, else newest read)",
         "store": "the kit's store folder holding configs/ (default: kernels/)",
+        "moe-configs": "as server.up --moe-configs: kit (default), sglang, none",
         "json": "one JSON object on stdout",
     }
 )
@@ -86,12 +87,14 @@ def check(
     triton_version=None,
     sglang_version=None,
     store_=None,
+    moe_configs="kit",
     json_=False,
 ):
     """Which file the server reads for this profile, GPU and Triton, from where, and why."""
     from sglkit.kernels import explain
 
-    r = explain.lookup(profile, device_name, triton_version, sglang_version, store_)
+    r = explain.lookup(profile, device_name, triton_version, sglang_version, store_,
+                       moe_configs)  # fmt: skip
     if json_:
         echo(json.dumps(r, indent=2))
         return
@@ -99,13 +102,22 @@ def check(
         f"# profile {r['profile']}: {r['architecture']} tp={r['tp']} ep={r['ep']} on {r['device']}"
     )
     echo(f"# SGLang {r['sglang']}, Triton {r['triton']}, SGLANG_MOE_CONFIG_DIR={r['overlay']}")
-    echo(f"# overlay of the kit's store {Path(r['store']) / 'configs'}")
     shipped = r["sglang_configs"]
-    echo(
-        f"#   over SGLang's shipped configs {shipped}"
-        if shipped
-        else "#   alone: no installed SGLang's configs folder found"
-    )
+    if r["moe_configs"] == "none":
+        echo("# overlay empty (--moe-configs none): SGLang runs its default config")
+    elif r["moe_configs"] == "sglang":
+        echo(
+            f"# overlay of SGLang's shipped configs {shipped} alone (--moe-configs sglang)"
+            if shipped
+            else "# overlay empty: no installed SGLang's configs folder found"
+        )
+    else:
+        echo(f"# overlay of the kit's store {Path(r['store']) / 'configs'}")
+        echo(
+            f"#   over SGLang's shipped configs {shipped}"
+            if shipped
+            else "#   alone: no installed SGLang's configs folder found"
+        )
     report = r["files"]
     for f in report:
         label = "down projection" if f["down"] else ("gate/up" if len(report) > 1 else "both GEMMs")

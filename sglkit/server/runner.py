@@ -236,7 +236,7 @@ class Server:
         self.check_port()
         # SGLANG_MOE_CONFIG_DIR (profile.environment) names the overlay of the kit's tuned MoE
         # configs over the installed SGLang's own: (re)built here, before every start
-        overlay.prepare(self.spec.profile)
+        overlay.prepare(self.spec.profile, source=self.spec.overrides.moe_configs)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.spec.argv()
         with open(self.log_path, "ab") as log:

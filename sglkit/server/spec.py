@@ -57,6 +57,9 @@ class Overrides:
     watchdog_timeout: float | None = None
     tracing_endpoint: str | None = None
     extra_args: dict[str, Any] = field(default_factory=dict)
+    # the MoE config files the server reads (sglang.kernels.overlay.CONFIG_SOURCES): the kit's
+    # store over SGLang's (kit), SGLang's alone (sglang), none (SGLang's default config)
+    moe_configs: str = "kit"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sglkit.cli import DIST_INIT_HELP, NODE_RANK_HELP, PROFILE_HELP, number, task
 from sglkit.console import echo, out
+from sglkit.kernels import overlay
 from sglkit.server import load, serve
 from sglkit.server.spec import Overrides
 
@@ -26,13 +27,15 @@ from sglkit.server.spec import Overrides
         "grace": "seconds between SIGTERM to the server and KILL of its group (default 30)",
         "precompile": "SGLang's all-M DeepGEMM sweep at start: auto (off where cache.deepgemm's "
         "marker matches this server), on, off",
+        "moe-configs": "the MoE config files SGLang reads: kit (the kit's store over SGLang's "
+        "shipped files), sglang (SGLang's alone), none (SGLang's default config)",
         "node-rank": NODE_RANK_HELP,
         "dist-init-addr": DIST_INIT_HELP,
     }
 )
 def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
-       skip_tokenizer_init=False, timeout=None, grace=None, precompile="auto", node_rank=None,
-       dist_init_addr=None):  # fmt: skip
+       skip_tokenizer_init=False, timeout=None, grace=None, precompile="auto", moe_configs="kit",
+       node_rank=None, dist_init_addr=None):  # fmt: skip
     """Serve the profile with SGLang: its argv, caches, MoE configs, inside the live run."""
     overrides = Overrides(
         port=number(port, "--port", int, 1),
@@ -41,6 +44,7 @@ def up(c, profile=None, detach=False, port=None, model=None, load_format=None,
         skip_tokenizer_init=bool(skip_tokenizer_init),
         node_rank=number(node_rank, "--node-rank", int),
         dist_init_addr=dist_init_addr,
+        moe_configs=overlay.check_source(moe_configs),
     )
     serve.up(
         profile,

@@ -399,6 +399,37 @@ def test_precompile_choice_is_checked_before_anything_starts(tmp_path, env, free
     assert "server pid" not in out
 
 
+def test_moe_configs_choose_the_files_the_started_server_reads(tmp_path, env, free_port):
+    """--moe-configs kit (default): the kit's store in the overlay; none: an empty overlay, so
+    SGLang runs its default config (the baseline of docs/tuning-e2e.md)."""
+    prof = write_profile(tmp_path, free_port())
+    record = tmp_path / "record.json"
+    env = dict(env, STANDIN_RECORD=str(record))
+
+    def up(*extra):
+        rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach", *extra)
+        assert rc == 0, out + err
+        inv(env, "server.down", "-p", str(prof))
+        folder = Path(json.loads(record.read_text())["env"]["SGLANG_MOE_CONFIG_DIR"])
+        assert (folder / "configs").is_dir()
+        return json.loads((folder / "sources.json").read_text())
+
+    kit = up()
+    assert kit and {e["source"] for e in kit.values()} >= {"kit"}
+    assert all(Path(e["path"]).is_relative_to(REPO / "kernels") for e in kit.values()
+               if e["source"] == "kit")  # fmt: skip
+    assert up("--moe-configs", "none") == {}
+    assert up("--moe-configs", "kit") == kit
+
+
+def test_an_unknown_moe_configs_choice_starts_nothing(tmp_path, env, free_port):
+    rc, out, err, _ = inv(env, "server.up", "-p", str(write_profile(tmp_path, free_port())),
+                          "--moe-configs", "shipped")  # fmt: skip
+    assert rc == 2, out + err
+    assert one_error_line(err).startswith("error: --moe-configs: expected one of kit, sglang, none")
+    assert "server pid" not in out
+
+
 # ---- a server over several nodes: rank 0 serves, every node polls it, each marks its own ------
 def test_a_node_other_than_rank_0_warms_against_the_leader_and_marks_its_own(
     tmp_path, env, free_port, wait_for

@@ -159,6 +159,37 @@ def test_the_kits_file_wins_and_sources_say_where_each_came_from(tmp_path, shipp
     assert files == set(overlay.read_sources(dest))
 
 
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [("kit", {"kit": "kit", "shipped": "sglang"}),
+     ("sglang", {"kit": None, "shipped": "sglang"}),
+     ("none", {"kit": None, "shipped": None})],
+)  # fmt: skip
+def test_moe_configs_sources_say_which_files_the_server_reads(tmp_path, shipped, source, found):
+    """server.up --moe-configs: the kit's store over SGLang's files, SGLang's alone, or none
+    (SGLang's default config); switching rebuilds the overlay in place."""
+    kit_store = tmp_path / "store"
+    kit_name = "E=128,N=768,device_name=NVIDIA_H200.json"
+    put(kit_store / "configs", "3.4.0", kit_name, {"1": CFG})
+    p = make_profile(tmp_path)
+    overlay.prepare(p, kit_store)  # the default first: a switch must replace it
+    folder = overlay.prepare(p, kit_store, source=source)
+    sources = overlay.read_sources(folder)
+    for key, name in (("kit", kit_name), ("shipped", SHIPPED_ONLY)):
+        lk = store.lookup(name, "3.4.0", RULE, folder)
+        entry = sources.get(f"triton_3_4_0/{name}")
+        if found[key] is None:
+            assert lk.status != "found" and entry is None, (name, lk.status)
+        else:
+            assert lk.status == "found" and entry["source"] == found[key], (name, entry)
+    assert (folder / "configs").is_dir()  # SGLang lists this folder; it must exist when empty
+
+
+def test_an_unknown_moe_configs_source_names_the_flag(tmp_path):
+    with pytest.raises(SglkitError, match=r"--moe-configs: expected one of kit, sglang, none"):
+        overlay.prepare(make_profile(tmp_path), source="shipped")
+
+
 def test_rebuilds_are_atomic_and_idempotent(tmp_path, shipped, monkeypatch):
     kit_store = tmp_path / "store"
     put(kit_store / "configs", "3.4.0", DSV3, {"1": CFG})
@@ -267,6 +298,18 @@ def test_check_says_which_file_the_server_reads_and_why(tmp_path):
     assert f"reads: {kit} (kit store)" in r.stdout
     assert "why: exact triton_3_4_0 match in the kit's store" in r.stdout
     assert f"over SGLang's shipped configs {shipped}" in r.stdout
+
+    # as the server started with --moe-configs sglang / none would read
+    up, _ = json.loads(check(tmp_path, kit_store, site, "--json", "--moe-configs", "sglang")
+                       .stdout)["files"]  # fmt: skip
+    assert (up["status"], up["source"], up["source_path"]) == ("fallback", "sglang", str(sg))
+    r = check(tmp_path, kit_store, site, "--json", "--moe-configs", "none")
+    up, down = json.loads(r.stdout)["files"]
+    assert (up["status"], up["source"], down["status"]) == ("default", None, "default")
+    assert (
+        "overlay empty (--moe-configs none)"
+        in check(tmp_path, kit_store, site, "--moe-configs", "none").stdout
+    )
     assert not (tmp_path / "cache").exists()  # check replays the lookup; it builds nothing
 
 
