@@ -193,7 +193,7 @@ def locate(prof, device: str, triton_version: str, config_file: str | None = Non
         [file_name],
         triton_version,
         kt.rule,
-        Path(prof.environment()["SGLANG_MOE_CONFIG_DIR"]),
+        prof.moe_config_dir(),
         kt.store_root,
         overlay.INSTALLED if sglang_dir == "installed" else sglang_dir,
     )

@@ -34,7 +34,7 @@ def lookup(
     kt = target.for_shape(
         shape, device, triton_v, sglang_version=rule.version, store_root=store and Path(store)
     )
-    overlay_dir = Path(p.environment()["SGLANG_MOE_CONFIG_DIR"])
+    overlay_dir = p.moe_config_dir(moe_configs)
     shipped = overlay.sglang_configs_dir()
     file_names = kt.file_names()
     verdicts = overlay.replay(file_names, triton_v, rule, overlay_dir, kt.store_root, shipped,

@@ -235,12 +235,12 @@ def build(
 
 
 def prepare(profile, store_root: Path | None = None, source: str = "kit") -> Path:
-    """Build the overlay where `profile.environment()` points SGLANG_MOE_CONFIG_DIR, from the
-    kit's store (`store_root`, default kernels/) and the installed SGLang's configs, as `source`
-    says; returns that folder. Call it right before starting a server with the profile's
-    environment."""
-    dest = Path(profile.environment()["SGLANG_MOE_CONFIG_DIR"])
-    return build(dest, store_root, source=source)
+    """Build the overlay of `source` (CONFIG_SOURCES) where a server of `profile` started with
+    it reads (`Profile.moe_config_dir`; SGLANG_MOE_CONFIG_DIR in its environment), from the
+    kit's store (`store_root`, default kernels/) and the installed SGLang's configs; returns
+    that folder. Each source has its own folder, so no start rewrites another's overlay. Call
+    it right before starting a server."""
+    return build(profile.moe_config_dir(check_source(source)), store_root, source=source)
 
 
 # ---- SGLang's lookup over the overlay --------------------------------------------------------

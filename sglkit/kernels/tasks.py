@@ -142,7 +142,7 @@ def overlay(c, profile=None, store_=None):
 
     p = profiles.load(profile)
     dest = ov.build(
-        Path(p.environment()["SGLANG_MOE_CONFIG_DIR"]),
+        p.moe_config_dir(),
         Path(store_) if store_ else store.root(),
     )
     counts: dict[str, int] = {}

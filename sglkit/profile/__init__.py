@@ -147,9 +147,16 @@ class Profile:
         env = cache_environment(self.cache_dirs(), sglang or SGLang.here())
         # the MoE config overlay (sglkit.kernels.overlay): the kit's store over SGLang's shipped
         # configs, rebuilt there by overlay.prepare(profile) before a server starts
-        env["SGLANG_MOE_CONFIG_DIR"] = str(self.cache_root() / MOE_OVERLAY_DIR)
+        env["SGLANG_MOE_CONFIG_DIR"] = str(self.moe_config_dir())
         env.update(self.data["env"])
         return env
+
+    def moe_config_dir(self, source: str = "kit") -> Path:
+        """The overlay folder for one choice of MoE config files (overlay.CONFIG_SOURCES): the
+        kit's store over SGLang's in moe-configs, the others beside it (moe-configs-sglang,
+        moe-configs-none), so that a server started with one never rewrites another's."""
+        name = MOE_OVERLAY_DIR if source == "kit" else f"{MOE_OVERLAY_DIR}-{source}"
+        return self.cache_root() / name
 
 
 def _expand_paths(data: dict[str, Any], base: Path) -> None:

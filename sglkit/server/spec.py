@@ -9,6 +9,7 @@ come from sglkit.versions for the version the spec is built for (the installed o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sglkit import net
@@ -57,7 +58,7 @@ class Overrides:
     watchdog_timeout: float | None = None
     tracing_endpoint: str | None = None
     extra_args: dict[str, Any] = field(default_factory=dict)
-    # the MoE config files the server reads (sglang.kernels.overlay.CONFIG_SOURCES): the kit's
+    # the MoE config files the server reads (sglkit.kernels.overlay.CONFIG_SOURCES): the kit's
     # store over SGLang's (kit), SGLang's alone (sglang), none (SGLang's default config)
     moe_configs: str = "kit"
 
@@ -149,8 +150,17 @@ class ServerSpec:
         return f"http://{net.host_port(self.client_host, self.port)}"
 
     def environment(self) -> dict[str, str]:
-        """The cache and kit environment for this SGLang version (secrets pass through)."""
-        return self.profile.environment(self.sglang)
+        """The cache and kit environment for this SGLang version (secrets pass through), with
+        the MoE config overlay of --moe-configs."""
+        env = self.profile.environment(self.sglang)
+        if "SGLANG_MOE_CONFIG_DIR" in env:
+            env["SGLANG_MOE_CONFIG_DIR"] = str(self.moe_config_dir)
+        return env
+
+    @property
+    def moe_config_dir(self) -> Path:
+        """The MoE config overlay this server reads (overlay.prepare builds it before a start)."""
+        return self.profile.moe_config_dir(self.overrides.moe_configs)
 
 
 def build(

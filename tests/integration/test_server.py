@@ -419,6 +419,10 @@ def test_moe_configs_choose_the_files_the_started_server_reads(tmp_path, env, fr
     assert all(Path(e["path"]).is_relative_to(REPO / "kernels") for e in kit.values()
                if e["source"] == "kit")  # fmt: skip
     assert up("--moe-configs", "none") == {}
+    none_dir = json.loads(record.read_text())["env"]["SGLANG_MOE_CONFIG_DIR"]
+    assert none_dir == str(tmp_path / "cache" / "moe-configs-none")
+    # the kit's overlay, which another server of this cache root may be reading, is untouched
+    assert json.loads((tmp_path / "cache" / "moe-configs" / "sources.json").read_text()) == kit
     assert up("--moe-configs", "kit") == kit
 
 

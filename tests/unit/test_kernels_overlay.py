@@ -167,13 +167,17 @@ def test_the_kits_file_wins_and_sources_say_where_each_came_from(tmp_path, shipp
 )  # fmt: skip
 def test_moe_configs_sources_say_which_files_the_server_reads(tmp_path, shipped, source, found):
     """server.up --moe-configs: the kit's store over SGLang's files, SGLang's alone, or none
-    (SGLang's default config); switching rebuilds the overlay in place."""
+    (SGLang's default config), each in its own folder: a start with one leaves the others be."""
     kit_store = tmp_path / "store"
     kit_name = "E=128,N=768,device_name=NVIDIA_H200.json"
     put(kit_store / "configs", "3.4.0", kit_name, {"1": CFG})
     p = make_profile(tmp_path)
-    overlay.prepare(p, kit_store)  # the default first: a switch must replace it
+    kit_folder = overlay.prepare(p, kit_store)
+    kit_sources = overlay.read_sources(kit_folder)
     folder = overlay.prepare(p, kit_store, source=source)
+    assert folder == p.moe_config_dir(source)
+    assert folder.name == ("moe-configs" if source == "kit" else f"moe-configs-{source}")
+    assert overlay.read_sources(kit_folder) == kit_sources  # the kit's overlay is untouched
     sources = overlay.read_sources(folder)
     for key, name in (("kit", kit_name), ("shipped", SHIPPED_ONLY)):
         lk = store.lookup(name, "3.4.0", RULE, folder)
