@@ -74,7 +74,9 @@ def verdict(pred: dict, log_text: str) -> tuple[bool, str]:
     """Whether the server's log shows it read the file kernels.check predicts (or, predicted
     none, ran its default config for that name), and what the log says."""
     lines = [ln for ln in log_text.splitlines() if LOADED_MARK in ln or DEFAULT_MARK in ln]
-    said = "; ".join(ln.strip()[:300] for ln in lines) or "nothing about MoE configs"
+    said = "; ".join(ln.strip()[:300] for ln in lines) or (
+        "nothing about MoE configs (a log level above info, or a MoE backend other than Triton)"
+    )
     if pred["loads"]:
         ok = any(f"{LOADED_MARK}{pred['loads']}." in ln for ln in lines)
         wrong = f"kernels.check predicted {pred['loads']}; the log says: {said}"
@@ -84,6 +86,19 @@ def verdict(pred: dict, log_text: str) -> tuple[bool, str]:
     )
     return ok, ("SGLang's default config" if ok else
                 f"kernels.check predicted the default config; the log says: {said}")  # fmt: skip
+
+
+def check_log(env, profile: str, way: str, pred: dict) -> str:
+    """What the server's log says it loaded; exits (status 1) unless kernels.check said so."""
+    rc, out, err = invoke(env, "server.status", "-p", profile, "--json", timeout=120)
+    if rc != 0:
+        raise SystemExit(f"[{way}] server.status failed ({rc}): {err.strip()[-500:]}")
+    log = Path(json.loads(out[out.index("{") :])["log"])
+    ok, why = verdict(pred, log.read_text(errors="replace"))
+    print(f"[{way}] MoE config: {why}", flush=True)
+    if not ok:
+        raise SystemExit(f"[{way}] the server did not load what kernels.check predicted: {why}")
+    return why
 
 
 def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
@@ -97,7 +112,7 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
                           "--moe-configs", choice, timeout=a.timeout)  # fmt: skip
     if rc != 0:
         raise SystemExit(f"[{way}] server.up failed ({rc}):\n{(out + err)[-3000:]}")
-    rows = []
+    rows, checked = [], None
     try:
         for conc in a.concurrency:
             rc, out, err = invoke(env, "server.bench", "-p", a.profile, "--requests",
@@ -112,14 +127,11 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
                          "tpot_p99_s": s["tpot_p99_s"], "failed": s["failed"]})  # fmt: skip
             print(f"[{way}] c={conc}: {s['output_throughput']:.1f} out tok/s, TPOT p50 "
                   f"{(s['tpot_p50_s'] or 0) * 1000:.2f} ms", flush=True)  # fmt: skip
-        rc, out, _ = invoke(env, "server.status", "-p", a.profile, "--json", timeout=120)
-        log = Path(json.loads(out[out.index("{") :])["log"])
-        ok, why = verdict(pred, log.read_text(errors="replace"))
+            if checked is None:  # the MoE layer has run: its config line is in the log
+                checked = check_log(env, a.profile, way, pred)
     finally:
         invoke(env, "server.down", "-p", a.profile, timeout=300)
-    print(f"[{way}] MoE config: {why}", flush=True)
-    if not ok:
-        raise SystemExit(f"[{way}] the server did not load what kernels.check predicted: {why}")
+    why = checked
     for r in rows:
         r["config"] = why
     return rows
@@ -149,8 +161,12 @@ def table(rows: list[dict], gpu: str, command: str) -> str:
             n = sum(1 for r in rows if r["way"] == w and r["concurrency"] == conc)
             ratio = f"{tput / base:.2f}x" if tput and base else "-"
             p50, p99 = med(w, conc, "tpot_p50_s"), med(w, conc, "tpot_p99_s")
-            lines.append(f"| {w} | {conc} | {n} | {tput:.1f} | {ratio} | "
-                         f"{p50 * 1000:.2f} | {p99 * 1000:.2f} |")  # fmt: skip
+
+            def num(v, scale=1.0):
+                return "-" if v is None else f"{v * scale:.2f}"
+
+            lines.append(f"| {w} | {conc} | {n} | {num(tput)} | {ratio} | "
+                         f"{num(p50, 1000)} | {num(p99, 1000)} |")  # fmt: skip
         tuned = med("tuned", conc, "output_throughput")
         shipped = med("shipped", conc, "output_throughput")
         if conc <= 8 and tuned and base:

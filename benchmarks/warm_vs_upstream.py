@@ -72,6 +72,7 @@ def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: fl
         os.environ["SGLKIT_CACHE_ROOT"] = str(root)  # the profile's cache.root reads it
         argv, extra = upstream_argv(profile, port)
         env.update(extra)
+        env.pop("SGLANG_MOE_CONFIG_DIR", None)  # also one from the caller's shell (see above)
     else:
         n = "1" if method == "serial" else str(jobs or "auto")
         argv = [sys.executable, "-m", "invoke", "cache.deepgemm", "-p", profile, "--port",
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="deepseek-v3-fp8-2l")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--jobs", type=int, help="workers for parallel (default: the kit's choice)")
+    ap.add_argument("--jobs", type=int, help="workers for parallel (default: --jobs auto)")
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--work", help="folder for the cache roots (default: a temporary one)")
     ap.add_argument("--json", help="write the runs here")

@@ -13,12 +13,14 @@ imports from sglkit.gpu, the smoke test's package on the top floor.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
-def visible_gpu0(value: str | None = None) -> int | str:
-    """CUDA's device 0 from $CUDA_VISIBLE_DEVICES (or `value`): an NVML index, or a UUID such as
-    "GPU-8f..."; raises RuntimeError where the variable hides every GPU."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES") if value is None else value
+def visible_gpu0(env: Mapping[str, str] | None = None) -> int | str:
+    """CUDA's device 0 under `env` (default: this process's environment; pass the server's
+    where a profile sets CUDA_VISIBLE_DEVICES): an NVML index, or a UUID such as "GPU-8f...";
+    raises RuntimeError where the variable hides every GPU."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return 0
     first = value.split(",")[0].strip()
@@ -27,20 +29,21 @@ def visible_gpu0(value: str | None = None) -> int | str:
     return int(first) if first.isdigit() else first
 
 
-def _handle(pynvml):
-    gpu = visible_gpu0()
+def _handle(pynvml, env: Mapping[str, str] | None):
+    gpu = visible_gpu0(env)
     if isinstance(gpu, int):
         return pynvml.nvmlDeviceGetHandleByIndex(gpu)
-    return pynvml.nvmlDeviceGetHandleByUUID(gpu)
+    return pynvml.nvmlDeviceGetHandleByUUID(gpu.encode())  # bytes: old and new pynvml alike
 
 
-def gpu0() -> tuple[str, str]:
-    """(name, compute capability such as "9.0") of GPU 0; raises when NVML cannot answer."""
+def gpu0(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(name, compute capability such as "9.0") of GPU 0 under `env`; raises when NVML cannot
+    answer."""
     import pynvml  # type: ignore[import-not-found]
 
     pynvml.nvmlInit()
     try:
-        handle = _handle(pynvml)
+        handle = _handle(pynvml, env)
         name = pynvml.nvmlDeviceGetName(handle)
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
     finally:
@@ -48,12 +51,12 @@ def gpu0() -> tuple[str, str]:
     return (name.decode() if isinstance(name, bytes) else name), f"{major}.{minor}"
 
 
-def free_bytes() -> int:
-    """Free memory of GPU 0 in bytes; raises when NVML cannot answer."""
+def free_bytes(env: Mapping[str, str] | None = None) -> int:
+    """Free memory of GPU 0 under `env` in bytes; raises when NVML cannot answer."""
     import pynvml  # type: ignore[import-not-found]
 
     pynvml.nvmlInit()
     try:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(_handle(pynvml)).free)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(_handle(pynvml, env)).free)
     finally:
         pynvml.nvmlShutdown()

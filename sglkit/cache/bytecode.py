@@ -11,7 +11,8 @@ The folders are the ones holding the packages in MODULES, as the server's own in
 them with the server's environment: the launcher's Python where the launcher is one (`python3 -m
 sglang.launch_server`), else this one. compileall skips a module whose bytecode is current, so a
 second run compiles nothing. A folder this user cannot write is named and left alone: bytecode for
-it belongs where it was installed (the image build does it, containers/Dockerfile.j2).
+it belongs where it was installed (the image build does it, containers/Dockerfile.j2); so is, for
+root, a folder another user owns (root's .pyc files would block that user's pip later).
 """
 
 from __future__ import annotations
@@ -103,6 +104,17 @@ def pyc_stamps(folder: Path) -> dict[str, int]:
     return out
 
 
+def _foreign_owner(folder: Path) -> int | None:
+    """The owner's uid where this process runs as root and the folder is another user's."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        uid = folder.stat().st_uid
+    except OSError:
+        return None
+    return uid if uid != 0 else None
+
+
 def run(spec: server_spec.ServerSpec, say=print, workers: int = 0) -> Result:
     """Byte-compile the site folders of MODULES for the server's interpreter."""
     env = server_environment(spec)
@@ -113,10 +125,17 @@ def run(spec: server_spec.ServerSpec, say=print, workers: int = 0) -> Result:
         say(f"bytecode: none of {', '.join(MODULES)} is importable by {python}; nothing to do")
         return res
     for folder in folders:
-        (res.folders if os.access(folder, os.W_OK) else res.unwritable).append(folder)
-    for folder in res.unwritable:
-        say(f"bytecode: {folder} is not writable here; left as it is (compile it where it was "
-            "installed, as the image build does)")  # fmt: skip
+        owner = _foreign_owner(folder)
+        if owner is not None:  # root may write anywhere, but its files would block the owner's
+            res.unwritable.append(folder)  # pip (upgrade, uninstall) later
+            say(f"bytecode: {folder} belongs to uid {owner}; not compiled as root (run "
+                "cache.bytecode as that user)")  # fmt: skip
+        elif os.access(folder, os.W_OK):
+            res.folders.append(folder)
+        else:
+            res.unwritable.append(folder)
+            say(f"bytecode: {folder} is not writable here; left as it is (compile it where it "
+                "was installed, as the image build does)")  # fmt: skip
     if not res.folders:
         return res
     say(f"bytecode: compiling {', '.join(map(str, res.folders))} with {python}")

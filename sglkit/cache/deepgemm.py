@@ -52,13 +52,20 @@ def warm_environment(sglang) -> dict[str, str]:
     return {k: str(v) for k, v in env.items() if sglang.env_name_used(k)}
 
 
+# Without --jobs the server warms alone. Measured on an H100 with sgl-deep-gemm 0.1.4
+# (docs/caching.md), SGLang's sweep runs every M's GEMM on the GPU, so the workers' compile and
+# the server's check each pay that sweep: the parallel warm paid off for the two-layer Qwen3-MoE
+# (2 shapes) and lost to the server alone for the two-layer DeepSeek-V3 (6 larger shapes).
+DEFAULT_JOBS = 1
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: server_spec.ServerSpec  # the warm-up server: the serving spec plus warm_overrides
     env: dict[str, str]  # what the child gets on top of the caller's environment
     folder: Path
     timeout: float
-    jobs: int | None = 1  # compile workers before the server's own warm; None: as many as fit
+    jobs: int | None = DEFAULT_JOBS  # compile workers first; None: as many as fit (--jobs auto)
 
     @property
     def profile(self) -> profiles.Profile:
@@ -67,13 +74,6 @@ class Plan:
     @property
     def argv(self) -> list[str]:
         return self.spec.argv()
-
-
-# Without --jobs the server warms alone. Measured on an H100 with sgl-deep-gemm 0.1.4
-# (docs/caching.md), SGLang's sweep runs every M's GEMM on the GPU, so the workers' compile and
-# the server's check each pay that sweep: the parallel warm paid off for the two-layer Qwen3-MoE
-# (2 shapes) and lost to the server alone for the two-layer DeepSeek-V3 (6 larger shapes).
-DEFAULT_JOBS = 1
 
 
 def parse_jobs(value: int | str | None) -> int | None:
@@ -339,12 +339,13 @@ def warm(
     return Result("warmed", marker, rep.elapsed())
 
 
-def auto_jobs(shapes: list[gs.Shape], ms_guess: list[int]) -> tuple[int, str]:
-    """Workers for --jobs auto: the cores this process may use, capped by GPU memory."""
+def auto_jobs(shapes: list[gs.Shape], ms_guess: list[int], env: dict[str, str]) -> tuple[int, str]:
+    """Workers for --jobs auto: the cores this process may use, capped by the free memory of
+    the GPU the workers see (`env`: theirs, which may set CUDA_VISIBLE_DEVICES)."""
     from sglkit import nvml
 
     try:
-        free = nvml.free_bytes()
+        free = nvml.free_bytes({**os.environ, **env})
     except Exception:
         free = None
     return gs.jobs_for(shapes, ms_guess, len(os.sched_getaffinity(0)), free)
@@ -369,7 +370,7 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
         "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", ""))).lower() in ("1", "true", "yes")  # fmt: skip
     if pl.jobs is None:
         cps = pl.spec.flag_values().get("--chunked-prefill-size")
-        jobs, why = auto_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast))
+        jobs, why = auto_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast), env)
         if jobs == 1:
             rep.say(f"parallel compile: skipped (room for one worker only: {why}); the server "
                     "warms alone")  # fmt: skip
@@ -425,10 +426,17 @@ def verify(out: par.Outcome, before: set[str], after: set[str], log: Path) -> di
     elif unswept:
         line = (f"unchecked: the server swept {len(swept)} shapes but not the planned "
                 f"{', '.join(unswept)}; it compiled nothing new ({len(after)} files)")  # fmt: skip
+    elif out.cut:
+        line = (f"unchecked: the server compiled nothing new ({len(after)} files), but SGLang "
+                f"cut {len(out.cut)} slices for lack of GPU memory and may have cut its own "
+                "sweep the same way")  # fmt: skip
     else:
         line = (f"verified: the server swept {len(swept)} shapes on this cache and compiled "
                 f"nothing new ({len(after)} files)")  # fmt: skip
-    return {"verified": not added and bool(swept) and not unswept, "server_added": len(added),
+    # a slice SGLang cut in a worker may be cut in the server's sweep too (its KV cache holds
+    # the memory then), which would then add nothing: not proof that the folder is complete
+    return {"verified": not added and bool(swept) and not unswept and not out.cut,
+            "server_added": len(added),
             "swept_shapes": len(swept), "unplanned_shapes": unplanned,
             "unswept_shapes": unswept, "line": line}  # fmt: skip
 

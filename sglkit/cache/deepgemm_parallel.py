@@ -107,7 +107,10 @@ def _compile(
         )
     finally:
         log.removeHandler(watch)
-    return time.perf_counter() - t0, watch.max_m
+    # SGLang warns whenever free memory is short, also where its floor (max_m 4096 in 0.5.16,
+    # 2048 in 0.5.23) leaves the slice whole: only an M below the slice's largest is a cut
+    cut = watch.max_m if watch.max_m is not None and watch.max_m < max(ms) else None
+    return time.perf_counter() - t0, cut
 
 
 # ---- in the caller -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -115,11 +116,11 @@ def _torch_cuda() -> tuple[str | None, str]:
     return m.group(1), ""
 
 
-def _gpu() -> tuple[str | None, str | None, str]:
+def _gpu(env: dict[str, str]) -> tuple[str | None, str | None, str]:
     """Name and compute capability of GPU 0 (sglkit.nvml): NVML where it imports, else
     nvidia-smi."""
     try:
-        name, capability = nvml.gpu0()
+        name, capability = nvml.gpu0(env)
         return name, capability, ""
     except Exception as e:  # not installed, no driver, no GPU
         nvml_error = f"NVML: {type(e).__name__}"
@@ -132,7 +133,7 @@ def _gpu() -> tuple[str | None, str | None, str]:
                 smi,
                 "--query-gpu=name,compute_cap",
                 "--format=csv,noheader",
-                f"--id={nvml.visible_gpu0()}",
+                f"--id={nvml.visible_gpu0(env)}",
             ],
             capture_output=True,
             text=True,
@@ -183,7 +184,9 @@ def compute(spec: ServerSpec) -> Fingerprint:
     fields["cuda_version"], why = _torch_cuda()
     if why:
         reasons["cuda_version"] = why
-    fields["gpu_name"], fields["gpu_compute_capability"], why = _gpu()
+    # the GPU the server will run on: its environment may set CUDA_VISIBLE_DEVICES
+    gpu_env = {**os.environ, **spec.environment()}
+    fields["gpu_name"], fields["gpu_compute_capability"], why = _gpu(gpu_env)
     if why:
         reasons["gpu_name"] = reasons["gpu_compute_capability"] = why
     cfg = profile.model_config_path()

@@ -132,6 +132,7 @@ def home_links() -> dict[str, str]:
 
 def dockerfile(variant: str, base_image: str | None = None) -> str:
     """The Dockerfile text of `variant` (base_image: the cpu variant's FROM default)."""
+    from sglkit.cache.bytecode import MODULES as BYTECODE_MODULES
     from sglkit.containers.base import BASE_IMAGE
     from sglkit.profile.schema import DEFAULT_USER
 
@@ -158,6 +159,7 @@ def dockerfile(variant: str, base_image: str | None = None) -> str:
             kit_files=list(KIT_FILES),
             kit_dirs=list(KIT_DIRS),
             env=container_env(),
+            bytecode_modules=list(BYTECODE_MODULES),
         )
     )
 

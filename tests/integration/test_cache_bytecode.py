@@ -7,11 +7,13 @@ outside the test's folder is read for packages or written.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,3 +103,15 @@ def test_a_launcher_python_not_on_path_is_one_line_exit_2(tmp_path):
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), out
     assert "server.launcher: 'python3-sglkit-missing' is not on PATH" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's view of another user's folder")
+def test_root_leaves_another_users_site_folder_alone(tmp_path):
+    python = make_env(tmp_path)
+    site = site_of(python)
+    os.chown(site, 12345, 12345)
+    profile = write_profile(tmp_path, [str(python), "-m", "sglang.launch_server"])
+    rc, out = bytecode(profile)
+    assert rc == 0, out
+    assert f"bytecode: {site} belongs to uid 12345; not compiled as root" in out, out
+    assert compiled(site) == set()

@@ -17,6 +17,9 @@ def test_gpu0_is_the_first_visible_device(monkeypatch, value, gpu):
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
     assert nvml.visible_gpu0() == gpu
+    # the server's environment, where a profile sets the variable, wins over the process's
+    assert nvml.visible_gpu0({"CUDA_VISIBLE_DEVICES": "5"}) == 5
+    assert nvml.visible_gpu0({}) == 0
 
 
 @pytest.mark.parametrize("value", ["", "-1", "none", " ,1"])
