@@ -11,7 +11,9 @@ States (the order is rotated from run to run, so drift on a shared machine sprea
   floor     --floor-profile (the same model in bf16: no DeepGEMM shapes), its own warm root
 
 Per state it prints the median and maximum of the seconds to /health 200 (the server's own, from
-its start) and to the first token (from the task's start: the task, the start, one request).
+its start) and to the first token (from the task's start: the task, the start, one request), and
+the median seconds of each phase of the start (server.up's breakdown of SGLang's log: launcher
+imports, scheduler start, model init, weights, KV cache, CUDA graphs, warm-up).
 Goal: `kit` within 1.1x of `floor`. On a GPU machine:
 
     python3 benchmarks/serve_start.py --profile qwen3-moe-fp8-2l \\
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -59,7 +60,6 @@ def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, f
     if rc != 0:
         raise SystemExit(f"server.up failed ({rc}):\n{out[-3000:]}")
     try:
-        ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
         r = requests.post(f"http://127.0.0.1:{port}/generate", json={
             "input_ids": [1, 2, 3, 4, 5, 6, 7, 8],
             "sampling_params": {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True},
@@ -67,9 +67,23 @@ def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, f
         first = time.monotonic() - t0
         if r.status_code != 200:
             raise SystemExit(f"/generate: HTTP {r.status_code}: {r.text[:200]}")
+        # the server's own time to ready and the phases of its start (server.up's record)
+        rc, st, text = invoke_status(env, profile)
+        if rc != 0 or st.get("ready_s") is None:
+            raise SystemExit(f"server.status failed ({rc}):\n{text[-2000:]}")
+        ready, phases = float(st["ready_s"]), dict(st.get("start_phases") or [])
     finally:
         invoke(env, "server.down", "-p", profile, timeout=300)
-    return {"ready_s": ready, "first_token_s": first, "skipped_sweep": "precompile: off" in out}
+    return {"ready_s": ready, "first_token_s": first, "skipped_sweep": "precompile: off" in out,
+            "phases": phases}  # fmt: skip
+
+
+def invoke_status(env, profile: str) -> tuple[int, dict, str]:
+    rc, out = invoke(env, "server.status", "-p", profile, "--json", timeout=120)
+    try:
+        return rc, json.loads(out[out.index("{") :]), out
+    except ValueError:
+        return rc or 1, {}, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         skipped = sum(r["skipped_sweep"] for r in rs)
         print(f"{state:8} {len(rs):>4} {statistics.median(ready):>9.1f}s {max(ready):>9.1f}s "
               f"{med[state]:>11.1f}s {max(first):>11.1f}s {skipped:>10}/{len(rs)}")  # fmt: skip
+    # where the starts' time went (server.up's phases from SGLang's stamped log lines)
+    names = list(dict.fromkeys(n for st in states for r in results[st] for n in r["phases"]))
+    if names:
+        print("\nmedian seconds per phase of the start (SGLang's log stamps, about 1 s):")
+        print(f"{'state':8} " + " ".join(f"{n:>16}" for n in names))
+        for state in states:
+            cells = []
+            for n in names:
+                vals = [r["phases"][n] for r in results[state] if n in r["phases"]]
+                cells.append(f"{statistics.median(vals):>16.0f}" if vals else f"{'-':>16}")
+            print(f"{state:8} " + " ".join(cells))
     if "kit" in med and "floor" in med and med["floor"] > 0:
         ratio = med["kit"] / med["floor"]
         print(f"\nkit / floor (median to first token): {ratio:.2f}x "

@@ -31,6 +31,7 @@ from sglkit.errors import ConfigError, SglkitError
 from sglkit.kernels import overlay
 from sglkit.net import port_in_use
 from sglkit.proc import group_members, spawn, terminate_group
+from sglkit.server import phases
 from sglkit.server.spec import ServerSpec
 
 TAIL_LINES = 50
@@ -217,6 +218,8 @@ class Server:
         self.follower: _LogFollower | None = None
         self.session = requests.Session()
         self.started_at: float | None = None
+        self.launched_wall: float | None = None  # epoch seconds of the launch (phases.breakdown)
+        self.log_offset = 0  # where this start's part of the (appended) log begins
         self.ready_s: float | None = None
         self.model_info: dict[str, Any] | None = None
 
@@ -240,7 +243,8 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.spec.argv()
         with open(self.log_path, "ab") as log:
-            offset = log.tell()
+            offset = self.log_offset = log.tell()
+            self.launched_wall = time.time()
             try:
                 self.proc = spawn(
                     argv,
@@ -258,6 +262,18 @@ class Server:
         self.follower.start()
         pid = self.proc.pid
         self.rep.say(f"server pid {pid} (process group {pid}); log {self.log_path}")
+
+    def start_phases(self) -> list[tuple[str, float]]:
+        """Where this start's time went, from SGLang's log since the launch (phases.py)."""
+        if self.launched_wall is None:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return phases.breakdown(text, self.launched_wall)
 
     # ---- watching -----------------------------------------------------------------------------
     def check_child(self, deadline: float) -> None:

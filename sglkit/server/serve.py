@@ -23,8 +23,8 @@ from sglkit.errors import SglkitError
 from sglkit.observability import manifest as mf
 from sglkit.observability import tracing
 from sglkit.proc import group_members
+from sglkit.server import phases, state, telemetry
 from sglkit.server import spec as server_spec
-from sglkit.server import state, telemetry
 from sglkit.server.runner import (
     EXIT_CHILD_FAILED,
     Reporter,
@@ -94,6 +94,9 @@ def up(
                 f"(pid {st['pid']}, {ready_s:.1f} s to ready); log {log}",
                 markup=False,
             )
+            if st.get("start_phases"):
+                rep.console.print(f"server.up: start: {phases.line(st['start_phases'])}",
+                                  markup=False)  # fmt: skip
             if not detach:
                 _serve_until_interrupted(server, rep)
         left_running = detach
@@ -130,6 +133,7 @@ def record(spec, server: Server, info: dict[str, Any], ready_s: float, run_dir: 
         "run_dir": str(run_dir) if run_dir else None,
         "started_at": mf.utcnow(),
         "ready_s": round(ready_s, 3),
+        "start_phases": [[name, round(sec, 1)] for name, sec in server.start_phases()],
         "precompile": precompile,
         "status": "running",
     }
@@ -186,6 +190,8 @@ def status(profile: str | None) -> dict[str, Any]:
                            "log": st["log"], "run_dir": st.get("run_dir")}  # fmt: skip
     started = dt.datetime.fromisoformat(st["started_at"].replace("Z", "+00:00"))
     out["uptime_s"] = round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1)
+    out["ready_s"] = st.get("ready_s")
+    out["start_phases"] = st.get("start_phases") or []  # where the start's time went (phases)
     try:
         out["health"] = requests.get(f"{url}/health", timeout=5).status_code
     except requests.RequestException as e:

@@ -11,7 +11,7 @@ from rich.table import Table
 from sglkit.cli import DIST_INIT_HELP, NODE_RANK_HELP, PROFILE_HELP, number, task
 from sglkit.console import echo, out
 from sglkit.kernels import overlay
-from sglkit.server import load, serve
+from sglkit.server import load, phases, serve
 from sglkit.server.spec import Overrides
 
 
@@ -68,6 +68,8 @@ def status(c, profile=None, json_=False):
             if key == "figures":
                 for k, v in value.items():
                     table.add_row(f"  {k}", str(v))
+            elif key == "start_phases":
+                table.add_row("start", phases.line(value) or "-")
             else:
                 table.add_row(key, "-" if value is None else str(value))
         out().print(table)

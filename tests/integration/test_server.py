@@ -399,6 +399,25 @@ def test_precompile_choice_is_checked_before_anything_starts(tmp_path, env, free
     assert "server pid" not in out
 
 
+def test_up_says_where_the_start_went_from_sglangs_stamped_lines(tmp_path, env, free_port):
+    prof = write_profile(tmp_path, free_port(), ready_after=2.0)
+    env = dict(env, STANDIN_SGLANG_LOG="1")
+    rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach")
+    try:
+        assert rc == 0, out + err
+        m = re.search(r"server\.up: start: launcher imports (\d+) s, warm-up (\d+) s\n", out)
+        assert m, out
+        # the stand-in stamps its first line at once and turns ready 2 s later (stamps are
+        # whole seconds, so the warm-up reads 1 to 3 s)
+        assert int(m.group(1)) <= 5 and 1 <= int(m.group(2)) <= 3, m.group(0)
+        rc, out, err, _ = inv(env, "server.status", "-p", str(prof), "--json")
+        assert rc == 0, out + err
+        st = json.loads(out[out.index("{") :])
+        assert [name for name, _ in st["start_phases"]] == ["launcher imports", "warm-up"], st
+    finally:
+        inv(env, "server.down", "-p", str(prof))
+
+
 def test_moe_configs_choose_the_files_the_started_server_reads(tmp_path, env, free_port):
     """--moe-configs kit (default): the kit's store in the overlay; none: an empty overlay, so
     SGLang runs its default config (the baseline of docs/tuning-e2e.md)."""
