@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,22 +40,19 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import invoke, rotated, server_status  # noqa: E402
+
 from sglkit.net import free_port  # noqa: E402
 
 STATES = ("cold", "default", "kit", "floor")
 
 
-def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str]:
-    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    return r.returncode, r.stdout + r.stderr
-
-
 def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, float]:
     port = str(free_port())
     t0 = time.monotonic()
-    rc, out = invoke(env, "server.up", "-p", profile, "--detach", "--port", port,
-                     "--precompile", precompile, timeout=timeout)  # fmt: skip
+    rc, out, err = invoke(env, "server.up", "-p", profile, "--detach", "--port", port,
+                          "--precompile", precompile, timeout=timeout)  # fmt: skip
+    out += err
     if rc != 0:
         raise SystemExit(f"server.up failed ({rc}):\n{out[-3000:]}")
     try:
@@ -68,22 +64,14 @@ def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, f
         if r.status_code != 200:
             raise SystemExit(f"/generate: HTTP {r.status_code}: {r.text[:200]}")
         # the server's own time to ready and the phases of its start (server.up's record)
-        rc, st, text = invoke_status(env, profile)
-        if rc != 0 or st.get("ready_s") is None:
-            raise SystemExit(f"server.status failed ({rc}):\n{text[-2000:]}")
+        st = server_status(env, profile)
+        if st.get("ready_s") is None:
+            raise SystemExit(f"server.status has no time to ready: {st}")
         ready, phases = float(st["ready_s"]), dict(st.get("start_phases") or [])
     finally:
         invoke(env, "server.down", "-p", profile, timeout=300)
     return {"ready_s": ready, "first_token_s": first, "skipped_sweep": "precompile: off" in out,
             "phases": phases}  # fmt: skip
-
-
-def invoke_status(env, profile: str) -> tuple[int, dict, str]:
-    rc, out = invoke(env, "server.status", "-p", profile, "--json", timeout=120)
-    try:
-        return rc, json.loads(out[out.index("{") :]), out
-    except ValueError:
-        return rc or 1, {}, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return dict(base, SGLKIT_CACHE_ROOT=str(root))
 
     print(f"warming {warm_root} with cache.deepgemm ...", file=sys.stderr, flush=True)
-    rc, out = invoke(env_for(warm_root), "cache.deepgemm", "-p", a.profile,
-                     "--port", str(free_port()), timeout=a.timeout)  # fmt: skip
+    rc, out, err = invoke(env_for(warm_root), "cache.deepgemm", "-p", a.profile,
+                          "--port", str(free_port()), timeout=a.timeout)  # fmt: skip
     if rc != 0:
-        raise SystemExit(f"cache.deepgemm failed ({rc}):\n{out[-3000:]}")
+        raise SystemExit(f"cache.deepgemm failed ({rc}):\n{(out + err)[-3000:]}")
     plan = {
         "cold": (a.profile, "auto", lambda i: work / f"cold-{i}"),
         "default": (a.profile, "on", lambda i: warm_root),
@@ -118,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, list[dict[str, float]]] = {s: [] for s in states}
     for i in range(a.runs):
-        order = states[i % len(states) :] + states[: i % len(states)]
-        for state in order:
+        for state in rotated(states, i):
             profile, precompile, root = plan[state]
             r = one_start(env_for(root(i)), profile, precompile, a.timeout)
             results[state].append(r)

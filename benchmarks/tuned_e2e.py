@@ -30,13 +30,14 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_common import card, invoke, rotated, server_status  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -45,21 +46,6 @@ WAYS = {"default": "none", "shipped": "sglang", "tuned": "kit"}
 # commas and spaces ("block_shape=[128, 128]"), so lines are matched against known paths
 LOADED_MARK = "MoE kernel config from "  # "Using MoE ..." and the fallback's "use MoE ..."
 DEFAULT_MARK = "Using default MoE kernel config"
-
-
-def card() -> str:
-    try:
-        from sglkit import nvml
-
-        return nvml.gpu0()[0]
-    except Exception as e:  # no NVML here
-        return f"unknown ({type(e).__name__})"
-
-
-def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, str]:
-    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    return r.returncode, r.stdout, r.stderr
 
 
 def predicted(env, profile: str, choice: str, extra: list[str]) -> dict:
@@ -90,10 +76,7 @@ def verdict(pred: dict, log_text: str) -> tuple[bool, str]:
 
 def check_log(env, profile: str, way: str, pred: dict) -> str:
     """What the server's log says it loaded; exits (status 1) unless kernels.check said so."""
-    rc, out, err = invoke(env, "server.status", "-p", profile, "--json", timeout=120)
-    if rc != 0:
-        raise SystemExit(f"[{way}] server.status failed ({rc}): {err.strip()[-500:]}")
-    log = Path(json.loads(out[out.index("{") :])["log"])
+    log = Path(server_status(env, profile, f"[{way}] ")["log"])
     ok, why = verdict(pred, log.read_text(errors="replace"))
     print(f"[{way}] MoE config: {why}", flush=True)
     if not ok:
@@ -213,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         base["SGLKIT_CACHE_ROOT"] = a.cache_root
     gpu, rows = card(), []
     for rep in range(a.repeats):
-        for way in ways[rep % len(ways) :] + ways[: rep % len(ways)]:
+        for way in rotated(ways, rep):
             rows += one_way(way, a, work, base)
             if a.json:
                 Path(a.json).write_text(json.dumps({"card": gpu, "profile": a.profile,

@@ -35,20 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import card, rotated  # noqa: E402
+
 from sglkit.cache import deepgemm_parallel as par  # noqa: E402
 from sglkit.net import free_port  # noqa: E402
 from sglkit.proc import terminate_group  # noqa: E402
 
 METHODS = ("upstream", "serial", "parallel")
-
-
-def card() -> str:
-    try:
-        from sglkit import nvml
-
-        return nvml.gpu0()[0]
-    except Exception as e:  # no NVML here
-        return f"unknown ({type(e).__name__})"
 
 
 def upstream_argv(profile: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -170,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     gpu, runs = card(), []
     for rep in range(a.repeats):
-        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
-        for m in order:
+        for m in rotated(methods, rep):
             runs.append(one_run(m, a.profile, a.jobs, work, a.timeout))
             if a.json:
                 Path(a.json).write_text(json.dumps({"card": gpu, "profile": a.profile,
