@@ -354,16 +354,22 @@ def test_server_joins_the_live_run_manifest_prometheus_and_tracing(
 
 
 # ---- the DeepGEMM sweep at start: skipped only where the warm matches ----------------------------
+def up_and_down(env, prof: Path, record: Path, *extra: str) -> tuple[str, dict[str, str]]:
+    """server.up --detach, then server.down: up's output and the environment the stand-in
+    recorded (env must carry STANDIN_RECORD=record)."""
+    rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach", *extra)
+    assert rc == 0, out + err
+    inv(env, "server.down", "-p", str(prof))
+    return out, json.loads(record.read_text())["env"]
+
+
 def test_precompile_is_off_only_where_the_deepgemm_marker_matches(tmp_path, env, free_port):
     prof = write_profile(tmp_path, free_port())
     record = tmp_path / "record.json"
     env = dict(env, STANDIN_RECORD=str(record))
 
     def up(*extra):
-        rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach", *extra)
-        assert rc == 0, out + err
-        inv(env, "server.down", "-p", str(prof))
-        return out, json.loads(record.read_text())["env"]
+        return up_and_down(env, prof, record, *extra)
 
     out, seen = up()
     assert (
@@ -426,10 +432,8 @@ def test_moe_configs_choose_the_files_the_started_server_reads(tmp_path, env, fr
     env = dict(env, STANDIN_RECORD=str(record))
 
     def up(*extra):
-        rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach", *extra)
-        assert rc == 0, out + err
-        inv(env, "server.down", "-p", str(prof))
-        folder = Path(json.loads(record.read_text())["env"]["SGLANG_MOE_CONFIG_DIR"])
+        _, seen = up_and_down(env, prof, record, *extra)
+        folder = Path(seen["SGLANG_MOE_CONFIG_DIR"])
         assert (folder / "configs").is_dir()
         return json.loads((folder / "sources.json").read_text())
 
