@@ -50,11 +50,8 @@ def upstream_argv(profile: str, port: int) -> tuple[list[str], dict[str, str]]:
     from sglkit.server import spec as server_spec
 
     spec = server_spec.build(profiles.load(profile), server_spec.Overrides(port=port))
-    env = spec.environment()
-    # plain SGLang reads the MoE configs it ships: the kit's overlay folder is built by the kit's
-    # own server starts, and SGLang fails on a SGLANG_MOE_CONFIG_DIR that does not exist
-    env.pop("SGLANG_MOE_CONFIG_DIR", None)
-    return [sys.executable, "-m", "sglang.compile_deep_gemm", *spec.server_args()], env
+    return [sys.executable, "-m", "sglang.compile_deep_gemm", *spec.server_args()], \
+        spec.environment()  # fmt: skip
 
 
 def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: float) -> dict:
@@ -65,7 +62,10 @@ def one_run(method: str, profile: str, jobs: int | None, work: Path, timeout: fl
         os.environ["SGLKIT_CACHE_ROOT"] = str(root)  # the profile's cache.root reads it
         argv, extra = upstream_argv(profile, port)
         env.update(extra)
-        env.pop("SGLANG_MOE_CONFIG_DIR", None)  # also one from the caller's shell (see above)
+        # plain SGLang reads the MoE configs it ships: the kit's overlay folder is built by the
+        # kit's own server starts, and SGLang fails on a SGLANG_MOE_CONFIG_DIR that does not
+        # exist (the profile's, or one from the caller's shell)
+        env.pop("SGLANG_MOE_CONFIG_DIR", None)
     else:
         n = "1" if method == "serial" else str(jobs or "auto")
         argv = [sys.executable, "-m", "invoke", "cache.deepgemm", "-p", profile, "--port",
