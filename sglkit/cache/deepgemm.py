@@ -22,6 +22,7 @@ from sglkit import profile as profiles
 from sglkit.cache import deepgemm_parallel as par
 from sglkit.cache import fingerprint, store
 from sglkit.cache import gemm_shapes as gs
+from sglkit.cli import number
 from sglkit.errors import ConfigError, SglkitError
 from sglkit.server import spec as server_spec
 from sglkit.server.runner import EXIT_INTERRUPTED, Reporter, Server, running, sigterm_as_interrupt
@@ -83,15 +84,7 @@ def parse_jobs(value: int | str | None) -> int | None:
         return DEFAULT_JOBS
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"--jobs: expected a positive number of workers or 'auto', got {value!r}"
-        ) from None
-    if n < 1:
-        raise ConfigError(f"--jobs: expected a positive number of workers or 'auto', got {n}")
-    return n
+    return number(value, "--jobs (workers, or auto)", int, minimum=1)
 
 
 def plan(
