@@ -53,7 +53,6 @@ class Result:
     python: str
     folders: list[Path] = field(default_factory=list)  # compiled
     unwritable: list[Path] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # MODULES not importable there
     compiled: int = 0  # .pyc files added or rewritten
     seconds: float = 0.0
     errors: bool = False  # some file did not compile (it is then compiled at import, as before)
@@ -68,10 +67,6 @@ def interpreter(spec: server_spec.ServerSpec) -> str:
             raise ConfigError(f"server.launcher: {first!r} is not on PATH")
         return found
     return sys.executable
-
-
-def server_environment(spec: server_spec.ServerSpec) -> dict[str, str]:
-    return {**os.environ, **spec.environment()}
 
 
 def find_folders(python: str, env: dict[str, str]) -> tuple[str, dict[str, Path]]:
@@ -117,9 +112,9 @@ def _foreign_owner(folder: Path) -> int | None:
 
 def run(spec: server_spec.ServerSpec, say=print, workers: int = 0) -> Result:
     """Byte-compile the site folders of MODULES for the server's interpreter."""
-    env = server_environment(spec)
+    env = spec.process_environment()
     python, found = find_folders(interpreter(spec), env)
-    res = Result(python=python, missing=[m for m in MODULES if m not in found])
+    res = Result(python=python)
     folders = list(dict.fromkeys(found.values()))
     if not folders:
         say(f"bytecode: none of {', '.join(MODULES)} is importable by {python}; nothing to do")

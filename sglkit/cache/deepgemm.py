@@ -334,11 +334,12 @@ def warm(
 
 def auto_jobs(shapes: list[gs.Shape], ms_guess: list[int], env: dict[str, str]) -> tuple[int, str]:
     """Workers for --jobs auto: the cores this process may use, capped by the free memory of
-    the GPU the workers see (`env`: theirs, which may set CUDA_VISIBLE_DEVICES)."""
+    the GPU the workers see (`env`: their whole environment, which may set
+    CUDA_VISIBLE_DEVICES)."""
     from sglkit import nvml
 
     try:
-        free = nvml.free_bytes({**os.environ, **env})
+        free = nvml.free_bytes(env)
     except Exception:
         free = None
     return gs.jobs_for(shapes, ms_guess, len(os.sched_getaffinity(0)), free)
@@ -363,7 +364,8 @@ def compile_in_parallel(pl: Plan, rep: Reporter) -> par.Outcome | None:
         "SGLANG_JIT_DEEPGEMM_FAST_WARMUP", ""))).lower() in ("1", "true", "yes")  # fmt: skip
     if pl.jobs is None:
         cps = pl.spec.flag_values().get("--chunked-prefill-size")
-        jobs, why = auto_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast), env)
+        jobs, why = auto_jobs(list(shapes.shapes), gs.m_values(int(cps or 8192), fast),
+                              pl.spec.process_environment(env))  # fmt: skip
         if jobs == 1:
             rep.say(f"parallel compile: skipped (room for one worker only: {why}); the server "
                     "warms alone")  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -185,8 +184,7 @@ def compute(spec: ServerSpec) -> Fingerprint:
     if why:
         reasons["cuda_version"] = why
     # the GPU the server will run on: its environment may set CUDA_VISIBLE_DEVICES
-    gpu_env = {**os.environ, **spec.environment()}
-    fields["gpu_name"], fields["gpu_compute_capability"], why = _gpu(gpu_env)
+    fields["gpu_name"], fields["gpu_compute_capability"], why = _gpu(spec.process_environment())
     if why:
         reasons["gpu_name"] = reasons["gpu_compute_capability"] = why
     cfg = profile.model_config_path()

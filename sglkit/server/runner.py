@@ -211,7 +211,7 @@ class Server:
         self.spec = spec
         self.log_path = Path(log_path)
         self.rep = reporter
-        self.env = {**os.environ, **spec.environment(), **(env or {})}
+        self.env = spec.process_environment(env)
         self.detach = detach
         self.grace = grace
         self.proc: subprocess.Popen | None = None

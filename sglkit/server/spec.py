@@ -8,6 +8,7 @@ come from sglkit.versions for the version the spec is built for (the installed o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,11 @@ class ServerSpec:
         if "SGLANG_MOE_CONFIG_DIR" in env:
             env["SGLANG_MOE_CONFIG_DIR"] = str(self.moe_config_dir)
         return env
+
+    def process_environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The whole environment a process of this server runs with: the caller's, then
+        environment(), then `extra` (a warm's additions)."""
+        return {**os.environ, **self.environment(), **(extra or {})}
 
     @property
     def moe_config_dir(self) -> Path:
