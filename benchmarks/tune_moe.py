@@ -72,7 +72,7 @@ def candidates(shape, M: int) -> list[dict]:
     """The pruned candidates at batch size M: exactly what run_tune's search draws from."""
     from sglkit.kernels import space
 
-    return space.prune(space.full_space(), shape, M=M).kept
+    return space.candidates(shape, M)
 
 
 # --------------------------------------------------------------------------- report

@@ -3,7 +3,7 @@
     tune(batch_sizes, space, measure, state_path=..., budget=None, resume=False) -> {M: Result}
 
 `space` is a list of configs (dicts with the six fields of space.KEYS) or a function M -> list
-(typically `lambda M: space.prune(space.full_space(), shape, M=M).kept`). `measure(config, M)`
+(typically `lambda M: space.candidates(shape, M)`). `measure(config, M)`
 returns seconds (a median); a config whose measure raises or returns inf/nan is dropped. When
 `measure` accepts a `reps` keyword, cheap rounds pass fewer repetitions.
 

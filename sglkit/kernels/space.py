@@ -4,6 +4,10 @@
 num_stages {2,3,4,5} x BLOCK_SIZE_M {16,32,64,128,256} x BLOCK_SIZE_K {64,128,256} x
 BLOCK_SIZE_N {32,64,128,256} x num_warps {4,8} x GROUP_SIZE_M {1,16,32,64} = 1920 configs.
 
+`small_m_space()` widens it for small batches (M <= SMALL_M), where SGLang's grid is too coarse:
+see SMALL_M_GRID. `search_space(M)` is what the tuner searches at batch size M (SGLang's grid,
+plus the small-batch grid at M <= SMALL_M); `candidates(shape, M)` is that space pruned.
+
 `prune(space, shape, dtype, block_shape, M, limits)` -> Pruned(kept, dropped) where each
 dropped config carries the rule that removed it:
 
@@ -43,6 +47,26 @@ GRID: dict[str, tuple[int, ...]] = {
     "GROUP_SIZE_M": (1, 16, 32, 64),
 }
 
+# Small batches. At M <= 16 every expert gets at most 16 tokens, so BLOCK_SIZE_M is 16 and a
+# GEMM is a stream of expert weights: it launches topk x ceil(N / BLOCK_SIZE_N) working blocks,
+# each reading a BLOCK_SIZE_N-wide strip over all of K. With SGLang's narrowest tile (32) that is
+# fewer blocks than the card has SMs for narrow shapes (DeepSeek-V3 TP8 gate/up at M=1:
+# 9 x 512 / 32 = 144 blocks for 132 SMs, one block each, few bytes in flight per SM), and 4 warps
+# share a 16 x 32 tile. The small-batch grid adds narrower tiles (16: twice the blocks), fewer
+# warps per block (1, 2: more blocks resident per SM), and deeper pipelines (6, 7 stages: more
+# weight bytes in flight per block). GROUP_SIZE_M only orders the M blocks, of which a small batch
+# has one per routed expert, so it stays at 1 here. SGLang's kernel has no split-K; these keys
+# are all it reads, so every config found here runs on an unpatched SGLang.
+SMALL_M = 16
+SMALL_M_GRID: dict[str, tuple[int, ...]] = {
+    "num_stages": (2, 3, 4, 5, 6, 7),
+    "BLOCK_SIZE_M": (16,),
+    "BLOCK_SIZE_K": (64, 128, 256),
+    "BLOCK_SIZE_N": (16, 32, 64, 128),
+    "num_warps": (1, 2, 4),
+    "GROUP_SIZE_M": (1,),
+}
+
 # bytes per element of the A (activation) and B (weight) tiles the kernel stages in smem
 _ELEM_BYTES = {
     None: (2, 2),
@@ -76,16 +100,15 @@ def from_key(k: Sequence[int]) -> dict[str, int]:
     return dict(zip(KEYS, (int(v) for v in k), strict=True))
 
 
-def full_space() -> list[dict[str, int]]:
-    """SGLang's 1920-config CUDA search space, in a fixed order."""
+def _product(grid: dict[str, tuple[int, ...]]) -> list[dict[str, int]]:
     out = []
     for st, bm, bk, bn, w, g in itertools.product(
-        GRID["num_stages"],
-        GRID["BLOCK_SIZE_M"],
-        GRID["BLOCK_SIZE_K"],
-        GRID["BLOCK_SIZE_N"],
-        GRID["num_warps"],
-        GRID["GROUP_SIZE_M"],
+        grid["num_stages"],
+        grid["BLOCK_SIZE_M"],
+        grid["BLOCK_SIZE_K"],
+        grid["BLOCK_SIZE_N"],
+        grid["num_warps"],
+        grid["GROUP_SIZE_M"],
     ):
         out.append(
             {
@@ -98,6 +121,27 @@ def full_space() -> list[dict[str, int]]:
             }
         )
     return out
+
+
+def full_space() -> list[dict[str, int]]:
+    """SGLang's 1920-config CUDA search space, in a fixed order."""
+    return _product(GRID)
+
+
+def small_m_space() -> list[dict[str, int]]:
+    """The small-batch grid (SMALL_M_GRID), in a fixed order."""
+    return _product(SMALL_M_GRID)
+
+
+def search_space(M: int) -> list[dict[str, int]]:
+    """What the tuner searches at batch size M: SGLang's grid, then (M <= SMALL_M) the
+    small-batch grid; prune() drops the duplicates."""
+    return full_space() + (small_m_space() if M <= SMALL_M else [])
+
+
+def candidates(shape: Any, M: int, limits: Limits | None = None) -> list[dict[str, int]]:
+    """The configs the tuner measures for `shape` at batch size M."""
+    return prune(search_space(M), shape, M=M, limits=limits).kept
 
 
 def next_pow2(n: int) -> int:

@@ -267,7 +267,7 @@ def run_tune(
     }
 
     def space_at(M: int):
-        return sp.prune(sp.full_space(), shape, M=M).kept
+        return sp.candidates(shape, M)
 
     printer = _progress_printer(len(batch_sizes))
 
