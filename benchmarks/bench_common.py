@@ -24,6 +24,15 @@ def card() -> str:
         return f"unknown ({type(e).__name__})"
 
 
+def task_env(**extra: str) -> dict[str, str]:
+    """This process's environment for the kit's tasks: the repository first on PYTHONPATH, then
+    whatever the caller's PYTHONPATH holds (SGLang, where it is installed under a folder)."""
+    import os
+
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
 def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, str]:
     """`python3 -m invoke ARGS` in the repository: (exit status, stdout, stderr)."""
     r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,

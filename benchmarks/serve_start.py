@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -40,7 +39,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import invoke, rotated, server_status  # noqa: E402
+from bench_common import invoke, rotated, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -81,23 +80,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--states", default=",".join(STATES))
     ap.add_argument("--timeout", type=float, default=1800.0)
-    ap.add_argument("--json", help="also write every start as JSON here")
+    ap.add_argument("--json", help="also write every start as JSON here (after each start)")
+    ap.add_argument(
+        "--work",
+        help="the folder for the cache roots and server state (default: a new temporary one); "
+        "run i's cold start leaves its cache in WORK/cold-<i>",
+    )
+    ap.add_argument(
+        "--warm-root",
+        help="a cache root cache.deepgemm already warmed for "
+        "--profile: used as it is for default and kit (no warm here)",
+    )
     a = ap.parse_args(argv)
     states = [s for s in a.states.split(",") if s]
     if unknown := set(states) - set(STATES):
         ap.error(f"--states: unknown {sorted(unknown)} (known: {', '.join(STATES)})")
-    work = Path(tempfile.mkdtemp(prefix="sglkit-serve-start-"))
-    base = dict(os.environ, SGLKIT_STATE_DIR=str(work / "state"), PYTHONPATH=str(REPO))
-    warm_root, floor_root = work / "warm", work / "floor"
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="sglkit-serve-start-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = task_env(SGLKIT_STATE_DIR=str(work / "state"))
+    warm_root = Path(a.warm_root) if a.warm_root else work / "warm"
+    floor_root = work / "floor"
 
     def env_for(root: Path) -> dict[str, str]:
         return dict(base, SGLKIT_CACHE_ROOT=str(root))
 
-    print(f"warming {warm_root} with cache.deepgemm ...", file=sys.stderr, flush=True)
-    rc, out, err = invoke(env_for(warm_root), "cache.deepgemm", "-p", a.profile,
-                          "--port", str(free_port()), timeout=a.timeout)  # fmt: skip
-    if rc != 0:
-        raise SystemExit(f"cache.deepgemm failed ({rc}):\n{(out + err)[-3000:]}")
+    if not a.warm_root and {"default", "kit"} & set(states):
+        print(f"warming {warm_root} with cache.deepgemm ...", file=sys.stderr, flush=True)
+        rc, out, err = invoke(env_for(warm_root), "cache.deepgemm", "-p", a.profile,
+                              "--port", str(free_port()), timeout=a.timeout)  # fmt: skip
+        if rc != 0:
+            raise SystemExit(f"cache.deepgemm failed ({rc}):\n{(out + err)[-3000:]}")
     plan = {
         "cold": (a.profile, "auto", lambda i: work / f"cold-{i}"),
         "default": (a.profile, "on", lambda i: warm_root),
@@ -112,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             results[state].append(r)
             print(f"run {i + 1}/{a.runs} {state}: ready {r['ready_s']:.1f} s, first token "
                   f"{r['first_token_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
+            if a.json:  # after every start: a run cut short keeps what it measured
+                Path(a.json).write_text(json.dumps(results, indent=2))
     print(f"\n{'state':8} {'runs':>4} {'ready med':>10} {'ready max':>10} "
           f"{'1st tok med':>12} {'1st tok max':>12} {'sweep skipped':>14}")  # fmt: skip
     med = {}
     for state in states:
         rs = results[state]
+        if not rs:
+            continue
         ready = [r["ready_s"] for r in rs]
         first = [r["first_token_s"] for r in rs]
         med[state] = statistics.median(first)

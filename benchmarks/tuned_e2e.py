@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import card, invoke, rotated, server_status  # noqa: E402
+from bench_common import card, invoke, rotated, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -190,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     a.check_args = ["--device-name", a.device_name] if a.device_name else []
     a.check_args += ["--triton-version", a.triton_version] if a.triton_version else []
     work = Path(tempfile.mkdtemp(prefix="sglkit-tuned-e2e-"))
-    base = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
+    base = task_env()
     if a.cache_root:
         base["SGLKIT_CACHE_ROOT"] = a.cache_root
     gpu, rows = card(), []
