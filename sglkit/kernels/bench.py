@@ -163,6 +163,11 @@ def _worker_compile(dims: MoEDims, M: int, config: dict) -> float:
         _WORKER.update(dims=dims, w=w, runners={})
     rkey = (M, int(config["BLOCK_SIZE_M"]))
     runner = _WORKER["runners"].get(rkey)
+    if runner is None and any(m != M for m, _ in _WORKER["runners"]):
+        # one batch size's buffers at a time: 16 workers each keeping every size's buffers
+        # ran an H100 out of memory at the largest batch sizes of an E=128, K=4096 shape
+        _WORKER["runners"].clear()
+        torch.cuda.empty_cache()
     if runner is None:
         runner = mk.MoERunner(dims, _WORKER["w"], M, rkey[1])
         _WORKER["runners"][rkey] = runner
@@ -257,6 +262,9 @@ class Bench:
     def runner(self, M: int, block_m: int) -> tuple[mk.MoERunner, list]:
         """A runner plus its pre-aligned input sets (sorted ids per set, copied in per run)."""
         key = (M, block_m)
+        if key not in self._runners and any(m != M for m, _ in self._runners):
+            self._runners.clear()  # one batch size's buffers at a time (see _worker_compile)
+            torch.cuda.empty_cache()
         if key not in self._runners:
             r = mk.MoERunner(self.dims, self.w, M, block_m)
             staged = []
@@ -359,7 +367,8 @@ def make_measure(
         try:
             return b.time(config, M, reps=reps)
         except Exception as e:  # out of resources, bad block shape: not a candidate
-            b.failures[(M, _key(config))] = f"{type(e).__name__}: {str(e)[:200]}"
+            why = f"{type(e).__name__}: {str(e)[:200]}"
+            b.failures[(M, _key(config))] = measure.last_failure = why
             torch.cuda.synchronize()
             return math.inf
 
@@ -368,6 +377,7 @@ def make_measure(
             return 0
         return b.pool.compile(d, [(M, mk.kernel_config(c)) for c in configs])
 
+    measure.last_failure = None  # type: ignore[attr-defined]  # why the last failure failed
     measure.bench = b  # type: ignore[attr-defined]
     measure.prefetch = prefetch  # type: ignore[attr-defined]
     return measure

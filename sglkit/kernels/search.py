@@ -117,6 +117,7 @@ class Evaluator:
         self.memo: dict[str, float] = memo if memo is not None else {}
         self.calls = 0
         self.on_measure = on_measure
+        self.last_error: str | None = None  # why the last failed measurement failed
         try:
             self._takes_reps = "reps" in inspect.signature(measure).parameters
         except (TypeError, ValueError):
@@ -148,10 +149,12 @@ class Evaluator:
                 t = float(self.measure(dict(cfg), self.M, reps=self.params.reps[level]))
             else:
                 t = float(self.measure(dict(cfg), self.M))
-        except Exception:
-            t = math.inf
+        except Exception as e:
+            t, self.last_error = math.inf, f"{type(e).__name__}: {str(e)[:200]}"
         if math.isnan(t) or t <= 0:
             t = math.inf
+        if math.isinf(t):  # a measure that catches its own errors says why (bench.make_measure)
+            self.last_error = getattr(self.measure, "last_failure", None) or self.last_error
         self.memo[mk] = t
         self.calls += 1
         if self.on_measure:
@@ -291,7 +294,8 @@ def search_one(
         : params.keep_final
     ]
     if not finalists:
-        raise ConfigError(f"batch size {M}: every measured config failed to run")
+        why = f" (last: {ev.last_error})" if ev.last_error else ""
+        raise ConfigError(f"batch size {M}: every measured config failed to run{why}")
     final = sorted((ev(allowed[k], FULL_REPS_LEVEL), k) for _, k in finalists)
     best_t, best_k = final[0]
     best_cfg = from_key(best_k)
@@ -415,6 +419,15 @@ def top_configs(memo: dict[str, float], n: int) -> list[dict[str, int]]:
 # ---- state file ---------------------------------------------------------------------------------
 
 
+class PartialTune(ConfigError):
+    """Some batch sizes could not be tuned (`failed`: M -> why); `results` holds the others."""
+
+    def __init__(self, results: dict[int, Result], failed: dict[int, str]):
+        self.results, self.failed = results, failed
+        sizes = ", ".join(str(m) for m in sorted(failed))
+        super().__init__(f"batch size(s) {sizes} could not be tuned: {failed[min(failed)]}")
+
+
 class State:
     """The resumable state: identity, finished batch sizes, measurements per batch size."""
 
@@ -527,14 +540,19 @@ def tune(
     ident["params"] = json.loads(json.dumps(ident["params"]))
     state = State.open(state_path, ident, resume)
     state.save()
+    failed: dict[int, str] = {}
     try:
-        _run_waves(bs, space, measure, state, budget, params, progress, default_config)
+        _run_waves(bs, space, measure, state, budget, params, progress, default_config, failed)
     finally:  # an interruption (Ctrl-C, an error) keeps every measurement taken so far
         state.save()
+    if failed:
+        raise PartialTune(state.results(), failed)
     return state.results()
 
 
-def _run_waves(bs, space, measure, state, budget, params, progress, default_config) -> None:
+def _run_waves(bs, space, measure, state, budget, params, progress, default_config, failed) -> None:
+    """Search each batch size, wave by wave; one whose every config fails goes into `failed`
+    (M -> why) and the others go on. Its measurements are dropped, so --resume tries it again."""
     for wave in waves(bs, params.anchor_stride):
         finished_before = dict(state.done)  # seeds come from earlier waves only
         for M in wave:
@@ -554,17 +572,24 @@ def _run_waves(bs, space, measure, state, budget, params, progress, default_conf
                         "round", {"M": M, "evaluations": len({k.split("@")[0] for k in _memo})}
                     )
 
-            res = search_one(
-                M,
-                cands,
-                measure,
-                seeds=seeds_for(M, finished_before, params.seeds_per_neighbour),
-                default=default_config(M) if default_config else None,
-                budget=budget,
-                params=params,
-                memo=memo,
-                on_round=on_round,
-            )
+            try:
+                res = search_one(
+                    M,
+                    cands,
+                    measure,
+                    seeds=seeds_for(M, finished_before, params.seeds_per_neighbour),
+                    default=default_config(M) if default_config else None,
+                    budget=budget,
+                    params=params,
+                    memo=memo,
+                    on_round=on_round,
+                )
+            except ConfigError as e:
+                failed[M] = str(e)
+                state.memo.pop(M, None)
+                if progress:
+                    progress("failed", {"M": M, "error": str(e)})
+                continue
             state.finish(res, memo)
             if progress:
                 progress("done", {"M": M, "result": res})
@@ -581,6 +606,7 @@ def results_from_state(state_path: str | Path) -> dict[int, Result]:
 
 
 __all__ = [
+    "PartialTune",
     "Result",
     "SearchParams",
     "State",

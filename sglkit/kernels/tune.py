@@ -122,6 +122,10 @@ def _progress_printer(total: int):
         elif event == "skip":
             done["n"] += 1
             console.print(f"[{done['n']}/{total}] M={info['M']}: done in an earlier run (--resume)")
+        elif event == "failed":
+            done["n"] += 1
+            console.print(f"[{done['n']}/{total}] M={info['M']}: failed: {info['error']}",
+                          style="red")  # fmt: skip
         elif event == "start":
             console.print(f"M={info['M']}: searching {info['candidates']} candidates", style="dim")
 
@@ -278,6 +282,7 @@ def run_tune(
 
     echo(f"tuning {file_name} (Triton {triton_version}); state: {state_path}", stderr=True)
     t0 = time.monotonic()
+    partial: search.PartialTune | None = None
     common = dict(
         state_path=state_path,
         budget=budget,
@@ -298,7 +303,12 @@ def run_tune(
             **(ray_options or {}),
         )
     else:
-        results = search.tune(batch_sizes, space_at, measure, **common)
+        try:
+            results = search.tune(batch_sizes, space_at, measure, **common)
+        except search.PartialTune as e:
+            if not e.results:
+                raise
+            results, partial = e.results, e  # the tuned sizes are written, then it fails
     wall = time.monotonic() - t0
     store.write_configs(out_path, search.configs_json(results))
     bw = None
@@ -313,4 +323,9 @@ def run_tune(
     atomic_write_text(report_path, md)
     echo(md)
     echo(f"wrote {out_path}\nreport: {report_path}", stderr=True)
+    if partial is not None:
+        raise SglkitError(
+            f"kernels.tune: {partial}; the {len(partial.results)} tuned batch sizes are in "
+            f"{out_path}; --resume tries the others again"
+        )
     return out_path, report_path, results

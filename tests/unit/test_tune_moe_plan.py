@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sglkit import profile as profiles
+from sglkit.errors import SglkitError
 from sglkit.kernels import names, search
 from sglkit.kernels import space as sp
 from sglkit.kernels.shapes import moe_shape
@@ -54,8 +55,8 @@ def test_no_private_copy_of_the_search_space_or_names(tm):
 def test_candidates_are_the_kits_pruned_space(tm, M):
     _, shape = tm.model_shape("deepseek-v3-tp8")
     cands = tm.candidates(shape, M)
-    assert cands == sp.prune(sp.search_space(M), shape, M=M).kept
-    assert 0 < len(cands) < len(sp.search_space(M))
+    assert cands == sp.prune(sp.full_space(), shape, M=M).kept
+    assert 0 < len(cands) < 1920
     for c in cands:
         assert sp.why_not(c, shape, shape.dtype, shape.block_shape, M, sp.Limits()) is None
         assert 128 % c["BLOCK_SIZE_K"] == 0  # fp8 block [128, 128]
@@ -167,3 +168,37 @@ def test_install_store_writes_sglang_names(tm, tmp_path):
     with pytest.raises(SystemExit, match="--install-store"):
         tm.install_store(results, store)
     assert json.loads(out.read_text()) == {"1": cfg, "64": cfg}  # the old file is intact
+
+
+def test_a_batch_size_that_fails_everywhere_keeps_the_others_and_says_why(tmp_path, tm):
+    y = tmp_path / "p.yaml"
+    y.write_text(
+        "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
+        f"  config: {ROOT / 'profiles/models/Qwen3-30B-A3B/config.json'}\n"
+        f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
+    )
+    p = profiles.load(y)
+    _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
+    broken = {"at": 256}
+
+    def measure(c, M, reps=20):  # as bench.make_measure does: inf, and the reason kept
+        if broken["at"] == M:
+            measure.last_failure = "OutOfMemoryError: CUDA out of memory"
+            return math.inf
+        return _cost(c, M)
+
+    measure.last_failure = None
+    kw = dict(device="NVIDIA H200", triton_version="3.6.0", measure=measure,
+              store_root=tmp_path / "store")  # fmt: skip
+    with pytest.raises(SglkitError) as err:
+        run_tune(p, shape, [1, 16, 256], **kw)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "batch size(s) 256" in msg and "OutOfMemoryError" in msg and "--resume" in msg
+    out = tmp_path / "store" / "configs" / "triton_3_6_0"
+    (written,) = out.iterdir()
+    assert set(json.loads(written.read_text())) == {"1", "16"}  # nothing tuned was lost
+    broken["at"] = None  # the cause is gone: --resume tunes only what failed
+    _, _, res = run_tune(p, shape, [1, 16, 256], resume=True, **kw)
+    assert set(res) == {1, 16, 256}
+    assert set(json.loads(written.read_text())) == {"1", "16", "256"}
