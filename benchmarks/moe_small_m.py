@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Small batches of the fused-MoE kernel: why M=1-4 reaches a small fraction of copy bandwidth,
-and what the kit's small-batch grid (sglkit.kernels.space.SMALL_M_GRID) gains over SGLang's grid.
+and what a wider small-batch grid (sglkit.kernels.space.SMALL_M_GRID) gains over SGLang's grid.
 
 Per profile (its MoE shape from the model config, as `kernels.tune` takes it) and batch size M:
 
   before   the best config of SGLang's grid (space.full_space(), pruned): every candidate timed
-  after    the best of `before` and of every small-batch candidate SGLang's grid lacks (the
-           tuner's space at M <= 16: space.candidates)
+  after    the best of `before` and of every small-batch candidate SGLang's grid lacks
+           (space.small_m_space(), pruned by the same rules)
   default  SGLang's own default config
 
 The three are then re-timed side by side (median of --reps CUDA-graph replays, L2 flushed before
@@ -103,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         dims = b.dims
         for M in batch_sizes:
             t1 = time.monotonic()
-            grid = sp.prune(sp.full_space(), shape, M=M).kept
+            grid = sp.candidates(shape, M)  # what kernels.tune searches
             in_grid = {sp.key(c) for c in grid}
-            extra = [c for c in sp.candidates(shape, M) if sp.key(c) not in in_grid]
+            wide = sp.prune(sp.small_m_space(), shape, M=M).kept
+            extra = [c for c in wide if sp.key(c) not in in_grid]
             before = search.exhaustive(M, grid, measure)
-            wide = search.exhaustive(M, extra, measure) if extra else before
-            after = wide if wide.time < before.time else before
+            best_extra = search.exhaustive(M, extra, measure) if extra else before
+            after = best_extra if best_extra.time < before.time else before
             picks = {"default": kb.default_config(shape, M, shape.dtype, shape.block_shape),
                      "before": before.config, "after": after.config}  # fmt: skip
             wbytes = kb.weight_bytes(dims, M)

@@ -4,9 +4,10 @@
 num_stages {2,3,4,5} x BLOCK_SIZE_M {16,32,64,128,256} x BLOCK_SIZE_K {64,128,256} x
 BLOCK_SIZE_N {32,64,128,256} x num_warps {4,8} x GROUP_SIZE_M {1,16,32,64} = 1920 configs.
 
-`small_m_space()` widens it for small batches (M <= SMALL_M), where SGLang's grid is too coarse:
-see SMALL_M_GRID. `search_space(M)` is what the tuner searches at batch size M (SGLang's grid,
-plus the small-batch grid at M <= SMALL_M); `candidates(shape, M)` is that space pruned.
+`candidates(shape, M)` is what the tuner measures at batch size M: that grid, pruned.
+`small_m_space()` is a wider grid for small batches (SMALL_M_GRID), which the tuner does not
+search: measured on an H100, none of it beat SGLang's grid (docs/moe-small-batches.md);
+benchmarks/moe_small_m.py compares the two.
 
 `prune(space, shape, dtype, block_shape, M, limits)` -> Pruned(kept, dropped) where each
 dropped config carries the rule that removed it:
@@ -56,7 +57,9 @@ GRID: dict[str, tuple[int, ...]] = {
 # warps per block (1, 2: more blocks resident per SM), and deeper pipelines (6, 7 stages: more
 # weight bytes in flight per block). GROUP_SIZE_M only orders the M blocks, of which a small batch
 # has one per routed expert, so it stays at 1 here. SGLang's kernel has no split-K; these keys
-# are all it reads, so every config found here runs on an unpatched SGLang.
+# are all it reads, so every config found here runs on an unpatched SGLang. Measured on an H100
+# at M = 1, 2, 4 for two fp8 shapes (E=128/N=1536/K=4096 and E=257/N=256/K=7168), the best of
+# this grid never beat the best of SGLang's, so the tuner keeps to SGLang's grid.
 SMALL_M = 16
 SMALL_M_GRID: dict[str, tuple[int, ...]] = {
     "num_stages": (2, 3, 4, 5, 6, 7),
@@ -133,15 +136,9 @@ def small_m_space() -> list[dict[str, int]]:
     return _product(SMALL_M_GRID)
 
 
-def search_space(M: int) -> list[dict[str, int]]:
-    """What the tuner searches at batch size M: SGLang's grid, then (M <= SMALL_M) the
-    small-batch grid; prune() drops the duplicates."""
-    return full_space() + (small_m_space() if M <= SMALL_M else [])
-
-
 def candidates(shape: Any, M: int, limits: Limits | None = None) -> list[dict[str, int]]:
-    """The configs the tuner measures for `shape` at batch size M."""
-    return prune(search_space(M), shape, M=M, limits=limits).kept
+    """The configs the tuner measures for `shape` at batch size M (SGLang's grid, pruned)."""
+    return prune(full_space(), shape, M=M, limits=limits).kept
 
 
 def next_pow2(n: int) -> int:
