@@ -95,15 +95,24 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
     if rc != 0:
         raise SystemExit(f"[{way}] server.up failed ({rc}):\n{(out + err)[-3000:]}")
     rows, checked = [], None
+
+    def bench(conc: int, requests: int) -> dict:
+        rc, out, err = invoke(env, "server.bench", "-p", a.profile, "--requests", str(requests),
+                              "--concurrency", str(conc), "--input-len", str(a.input_len),
+                              "--output-len", str(a.output_len), "--json",
+                              timeout=a.timeout)  # fmt: skip
+        if rc != 0:
+            raise SystemExit(f"[{way}] server.bench c={conc} failed ({rc}): {err[-2000:]}")
+        return json.loads(out[out.index("{") :])
+
     try:
+        # untimed: the first requests of a fresh server pay JIT compiles (Triton, for each
+        # config the batch sizes reach); on the H100 the first way served paid them in its
+        # figures and the others did not
+        top = max(a.concurrency)
+        bench(top, a.warmup * top)
         for conc in a.concurrency:
-            rc, out, err = invoke(env, "server.bench", "-p", a.profile, "--requests",
-                                  str(a.requests * conc), "--concurrency", str(conc),
-                                  "--input-len", str(a.input_len), "--output-len",
-                                  str(a.output_len), "--json", timeout=a.timeout)  # fmt: skip
-            if rc != 0:
-                raise SystemExit(f"[{way}] server.bench c={conc} failed ({rc}): {err[-2000:]}")
-            s = json.loads(out[out.index("{") :])
+            s = bench(conc, a.requests * conc)
             rows.append({"way": way, "concurrency": conc, "output_throughput":
                          s["output_throughput"], "tpot_p50_s": s["tpot_p50_s"],
                          "tpot_p99_s": s["tpot_p99_s"], "failed": s["failed"]})  # fmt: skip
@@ -136,6 +145,9 @@ def table(rows: list[dict], gpu: str, command: str) -> str:
         if shipped_file or "shipped" not in configs
         else ["shipped: SGLang ships no file for this card and shape; it ran its default config"]
     )
+    same_as_default = configs.get("tuned") is not None and configs.get("tuned") == configs.get(
+        "default"
+    )
     for conc in concs:
         base = med("default", conc, "output_throughput")
         for w in ways:
@@ -151,7 +163,11 @@ def table(rows: list[dict], gpu: str, command: str) -> str:
                          f"{num(p50, 1000)} | {num(p99, 1000)} |")  # fmt: skip
         tuned = med("tuned", conc, "output_throughput")
         shipped = med("shipped", conc, "output_throughput")
-        if conc <= 8 and tuned and base:
+        if conc <= 8 and tuned and base and same_as_default:
+            goals.append(f"c={conc}: tuned ran the same config as default "
+                         f"({configs['tuned']}): the goal is not measured; the difference "
+                         "is run-to-run spread")  # fmt: skip
+        elif conc <= 8 and tuned and base:
             goals.append(f"c={conc}: tuned {tuned / base:.2f}x default (goal >= 1.15x: "
                          f"{'met' if tuned / base >= 1.15 else 'missed'})")  # fmt: skip
         if tuned and shipped and shipped_file:
@@ -166,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="qwen3-moe-fp8-2l")
     ap.add_argument("--ways", default=",".join(WAYS))
     ap.add_argument("--concurrency", default="1,8,64")
-    ap.add_argument("--requests", type=int, default=4, help="requests per unit of concurrency")
+    ap.add_argument("--requests", type=int, default=16, help="requests per unit of concurrency")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed requests per unit of the highest concurrency, first",
+    )
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
@@ -186,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--concurrency: expected numbers such as 1,8,64, got {a.concurrency!r}")
     if not a.concurrency or min(a.concurrency) < 1 or a.repeats < 1 or a.requests < 1:
         ap.error("--concurrency, --requests and --repeats: positive numbers")
+    if a.warmup < 1:
+        ap.error("--warmup: a positive number")
     a.check_args = ["--device-name", a.device_name] if a.device_name else []
     a.check_args += ["--triton-version", a.triton_version] if a.triton_version else []
     work = Path(tempfile.mkdtemp(prefix="sglkit-tuned-e2e-"))
