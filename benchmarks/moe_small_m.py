@@ -47,11 +47,12 @@ def gate_up_blocks(dims, M: int, block_n: int) -> float:
 def short(cfg: dict) -> str:
     from sglkit.kernels import space as sp
 
-    return ",".join(str(cfg[k]) for k in sp.KEYS)
+    return ",".join(str(cfg.get(k, "-")) for k in sp.KEYS)  # bf16 defaults lack warps/stages
 
 
 def kernel_profile(bench, cfg: dict, M: int, iters: int = 20) -> list[dict]:
-    """CUDA kernels of `iters` eager layer runs at batch size M: name, calls, us per layer."""
+    """CUDA kernels of `iters` eager layer runs at batch size M: name, calls per layer, mean us
+    per layer."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -153,7 +154,8 @@ def print_report(report: dict) -> None:
     for name, picks in report["profiles"].items():
         for label, rows in picks.items():
             total = sum(x["us"] for x in rows) or 1.0
-            print(f"\n{name}, M=1, {label}: CUDA kernels per layer (torch.profiler, eager)")
+            print(f"\n{name}, M=1, {label}: CUDA kernels per layer (torch.profiler, eager, "
+                  "mean of 20)")  # fmt: skip
             print("| kernel | calls | us | share |\n|---|---:|---:|---:|")
             for x in rows[:8]:
                 print(f"| {x['kernel']} | {x['calls']} | {x['us']:.1f} | {x['us'] / total:.0%} |")

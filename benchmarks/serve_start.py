@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--states: unknown {sorted(unknown)} (known: {', '.join(STATES)})")
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="sglkit-serve-start-"))
     work.mkdir(parents=True, exist_ok=True)
+    if "cold" in states and (used := [d.name for d in work.glob("cold-*") if any(d.iterdir())]):
+        ap.error(f"--work: {work} already holds cold starts' caches ({', '.join(sorted(used))}); "
+                 "a cold start needs an empty root: give another --work")  # fmt: skip
+    if a.warm_root and not (Path(a.warm_root) / "deepgemm").is_dir():
+        ap.error(f"--warm-root: {a.warm_root} holds no deepgemm cache folder")
     base = task_env(SGLKIT_STATE_DIR=str(work / "state"))
     warm_root = Path(a.warm_root) if a.warm_root else work / "warm"
     floor_root = work / "floor"

@@ -161,6 +161,7 @@ def run(args) -> int:
     import torch
     import triton
 
+    from sglkit.errors import SglkitError
     from sglkit.kernels import bench, moe_kernel, names, search, target, tune
 
     out = Path(args.out)
@@ -235,16 +236,22 @@ def run(args) -> int:
             rep.save()
 
         t0 = time.perf_counter()
-        _, _, res = tune.run_tune(
-            p,
-            shape,
-            batch_sizes,
-            device=dev,
-            triton_version=triton.__version__,
-            measure=measure,
-            default_config=lambda M, shape=shape: bench.default_config(shape, M),
-            on_progress=on_progress,
-        )
+        try:
+            _, _, res = tune.run_tune(
+                p,
+                shape,
+                batch_sizes,
+                device=dev,
+                triton_version=triton.__version__,
+                measure=measure,
+                default_config=lambda M, shape=shape: bench.default_config(shape, M),
+                on_progress=on_progress,
+            )
+        except SglkitError as e:  # some batch sizes failed: report them, go on with the rest
+            if getattr(e, "results", None) is None:
+                raise
+            res, m_rep["tune_error"] = e.results, str(e)
+            print(str(e), file=sys.stderr, flush=True)
         m_rep["tune_wall_s"] = time.perf_counter() - t0
         m_rep["store"] = search.configs_json(res)
         results[name] = res

@@ -163,9 +163,9 @@ def _worker_compile(dims: MoEDims, M: int, config: dict) -> float:
         _WORKER.update(dims=dims, w=w, runners={})
     rkey = (M, int(config["BLOCK_SIZE_M"]))
     runner = _WORKER["runners"].get(rkey)
-    if runner is None and any(m != M for m, _ in _WORKER["runners"]):
-        # one batch size's buffers at a time: 16 workers each keeping every size's buffers
-        # ran an H100 out of memory at the largest batch sizes of an E=128, K=4096 shape
+    if runner is None and _WORKER["runners"]:
+        # one runner's buffers at a time (about 0.64 GB at M=4096 for E=128, N=1536, K=4096):
+        # 16 workers each keeping one per batch size and BLOCK_SIZE_M would not fit an 80 GB card
         _WORKER["runners"].clear()
         torch.cuda.empty_cache()
     if runner is None:

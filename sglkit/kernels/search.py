@@ -144,6 +144,8 @@ class Evaluator:
         mk = _mkey(key(cfg), level)
         if mk in self.memo:
             return self.memo[mk]
+        if getattr(self.measure, "last_failure", None) is not None:
+            self.measure.last_failure = None  # so a reason read below is this call's
         try:
             if self._takes_reps:
                 t = float(self.measure(dict(cfg), self.M, reps=self.params.reps[level]))
@@ -525,7 +527,9 @@ def tune(
 
     `default_config(M)` gives SGLang's default config (measured as the baseline and always in
     the population). `identity` (JSON-able) names the job; `resume` refuses a state file of
-    another job. `progress(event, info)` gets "start", "round" and "done" events.
+    another job. `progress(event, info)` gets "start", "round", "done", "skip" (--resume) and
+    "failed" events. Batch sizes whose every config fails raise PartialTune at the end, with the
+    results of the others.
     """
     params = params or SearchParams()
     bs = sorted(set(int(b) for b in batch_sizes))

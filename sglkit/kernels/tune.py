@@ -324,8 +324,11 @@ def run_tune(
     echo(md)
     echo(f"wrote {out_path}\nreport: {report_path}", stderr=True)
     if partial is not None:
-        raise SglkitError(
+        err = SglkitError(
             f"kernels.tune: {partial}; the {len(partial.results)} tuned batch sizes are in "
-            f"{out_path}; --resume tries the others again"
+            f"{out_path} (SGLang serves the others with the nearest one's config); --resume "
+            "tries the others again"
         )
+        err.results = results  # type: ignore[attr-defined]  # for a caller that goes on
+        raise err
     return out_path, report_path, results
