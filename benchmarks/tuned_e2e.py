@@ -106,9 +106,8 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
         return json.loads(out[out.index("{") :])
 
     try:
-        # untimed: the first requests of a fresh server pay JIT compiles (Triton, for each
-        # config the batch sizes reach); on the H100 the first way served paid them in its
-        # figures and the others did not
+        # untimed: the first requests of a fresh server may pay JIT compiles (Triton, for each
+        # config the batch sizes reach), which are not what the ways differ in
         top = max(a.concurrency)
         bench(top, a.warmup * top)
         for conc in a.concurrency:
