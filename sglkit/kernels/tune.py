@@ -291,24 +291,24 @@ def run_tune(
         default_config=default_config,
         identity=identity,
     )
-    if ray_address is not False:
-        from sglkit.kernels import ray_tune
+    try:
+        if ray_address is not False:
+            from sglkit.kernels import ray_tune
 
-        results = ray_tune.tune(
-            batch_sizes,
-            space_at,
-            measure_factory,
-            address=ray_address,
-            **common,
-            **(ray_options or {}),
-        )
-    else:
-        try:
+            results = ray_tune.tune(
+                batch_sizes,
+                space_at,
+                measure_factory,
+                address=ray_address,
+                **common,
+                **(ray_options or {}),
+            )
+        else:
             results = search.tune(batch_sizes, space_at, measure, **common)
-        except search.PartialTune as e:
-            if not e.results:
-                raise
-            results, partial = e.results, e  # the tuned sizes are written, then it fails
+    except search.PartialTune as e:
+        if not e.results:
+            raise
+        results, partial = e.results, e  # the tuned sizes are written, then it fails
     wall = time.monotonic() - t0
     store.write_configs(out_path, search.configs_json(results))
     bw = None

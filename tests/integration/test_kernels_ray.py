@@ -204,3 +204,41 @@ class StandInFactory:
         from tests.unit.test_kernels_tune import stand_in_cost
 
         return stand_in_cost
+
+
+class FailAtFactory:
+    """Runs on a worker: every config fails at one batch size (as an out-of-memory card would)."""
+
+    def __init__(self, bad: int):
+        self.bad = bad
+
+    def __call__(self):
+        import math
+
+        cost, broken = Cost(), {self.bad}
+
+        def measure(cfg, M):
+            return math.inf if M in broken else cost(cfg, M)
+
+        return measure
+
+
+def test_a_batch_size_whose_every_config_fails_leaves_the_others_tuned(cluster, tmp_path):
+    events = []
+    with pytest.raises(se.PartialTune) as err:
+        ray_tune.tune(
+            BATCH_SIZES,
+            candidates,
+            FailAtFactory(64),
+            state_path=tmp_path / "s.json",
+            default_config=default,
+            gpus_per_task=0,
+            cpus_per_task=1,
+            progress=lambda ev, info: events.append((ev, info["M"])),
+        )
+    assert set(err.value.failed) == {64} and "every measured config failed" in str(err.value)
+    assert set(err.value.results) == set(BATCH_SIZES) - {64}
+    assert ("failed", 64) in events
+    # nothing of the failed size is kept: --resume searches it again
+    assert set(se.results_from_state(tmp_path / "s.json")) == set(BATCH_SIZES) - {64}
+    assert "64" not in json.loads((tmp_path / "s.json").read_text())["memo"]
