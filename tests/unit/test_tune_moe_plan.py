@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sglkit import profile as profiles
 from sglkit.errors import SglkitError
 from sglkit.kernels import names, search
 from sglkit.kernels import space as sp
 from sglkit.kernels.shapes import moe_shape
 from sglkit.kernels.tune import run_tune
+from tests.unit.test_kernels_tune import make_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,13 +87,7 @@ def _cost(c, M):
 
 
 def test_run_tune_reports_every_batch_size_to_the_benchmark_hook(tmp_path, tm):
-    y = tmp_path / "p.yaml"
-    y.write_text(
-        "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
-        f"  config: {ROOT / 'profiles/models/Qwen3-30B-A3B/config.json'}\n"
-        f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
-    )
-    p = profiles.load(y)
+    p = make_profile(tmp_path)
     _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
     prefetched: list[tuple[int, int]] = []
 
@@ -171,13 +165,7 @@ def test_install_store_writes_sglang_names(tm, tmp_path):
 
 
 def test_a_batch_size_that_fails_everywhere_keeps_the_others_and_says_why(tmp_path, tm):
-    y = tmp_path / "p.yaml"
-    y.write_text(
-        "name: t\nmodel:\n  path: Qwen/Qwen3-30B-A3B\n"
-        f"  config: {ROOT / 'profiles/models/Qwen3-30B-A3B/config.json'}\n"
-        f"server:\n  tp: 1\ncache:\n  root: {tmp_path / 'cache'}\n"
-    )
-    p = profiles.load(y)
+    p = make_profile(tmp_path)
     _, shape = tm.model_shape("qwen3-30b-a3b-tp1")
     broken = {"at": 256}
 
