@@ -110,7 +110,6 @@ def tune(
     remote = ray.remote(_shard).options(**opts)
     params_json = json.loads(json.dumps(asdict(params)))
     pending: dict[Any, int] = {}
-    failed: dict[int, str] = {}  # batch sizes whose every config failed, as search.tune keeps them
     try:
         for wave in se.waves(bs, params.anchor_stride):
             finished_before = dict(state.done)
@@ -144,8 +143,7 @@ def tune(
                 except ray.exceptions.RayTaskError as e:
                     cause = e.cause if getattr(e, "cause", None) else e
                     if isinstance(cause, ConfigError):  # every config failed: the others go on
-                        failed[M] = str(cause)
-                        state.memo.pop(M, None)
+                        state.fail(M, str(cause))
                         if progress:
                             progress("failed", {"M": M, "error": str(cause)})
                         continue
@@ -166,6 +164,4 @@ def tune(
         for ref in list(pending):  # after an error: stop the shards still running
             ray.cancel(ref, force=True)
         state.save()
-    if failed:
-        raise se.PartialTune(state.results(), failed)
-    return state.results()
+    return state.results_or_raise()

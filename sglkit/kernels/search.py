@@ -438,6 +438,7 @@ class State:
         self.identity = identity
         self.done: dict[int, dict[str, Any]] = {}  # M -> {"result": ..., "top": [...]}
         self.memo: dict[int, dict[str, float]] = {}
+        self.failed: dict[int, str] = {}  # this run's batch sizes whose every config failed
         self.started = time.time()
 
     @classmethod
@@ -485,6 +486,18 @@ class State:
 
     def results(self) -> dict[int, Result]:
         return {m: Result.from_json(v["result"]) for m, v in sorted(self.done.items())}
+
+    def fail(self, M: int, why: str) -> None:
+        """Batch size M could not be tuned: its measurements are dropped (--resume tries it
+        again) and `results_or_raise` names it."""
+        self.failed[M] = why
+        self.memo.pop(M, None)
+
+    def results_or_raise(self) -> dict[int, Result]:
+        """The finished results, or PartialTune with them where a batch size failed."""
+        if self.failed:
+            raise PartialTune(self.results(), self.failed)
+        return self.results()
 
     def finish(self, result: Result, memo: dict[str, float], top_n: int = 3) -> None:
         self.done[result.M] = {"result": result.to_json(), "top": top_configs(memo, top_n)}
@@ -544,19 +557,16 @@ def tune(
     ident["params"] = json.loads(json.dumps(ident["params"]))
     state = State.open(state_path, ident, resume)
     state.save()
-    failed: dict[int, str] = {}
     try:
-        _run_waves(bs, space, measure, state, budget, params, progress, default_config, failed)
+        _run_waves(bs, space, measure, state, budget, params, progress, default_config)
     finally:  # an interruption (Ctrl-C, an error) keeps every measurement taken so far
         state.save()
-    if failed:
-        raise PartialTune(state.results(), failed)
-    return state.results()
+    return state.results_or_raise()
 
 
-def _run_waves(bs, space, measure, state, budget, params, progress, default_config, failed) -> None:
-    """Search each batch size, wave by wave; one whose every config fails goes into `failed`
-    (M -> why) and the others go on. Its measurements are dropped, so --resume tries it again."""
+def _run_waves(bs, space, measure, state, budget, params, progress, default_config) -> None:
+    """Search each batch size, wave by wave; one whose every config fails is `state.fail`ed and
+    the others go on."""
     for wave in waves(bs, params.anchor_stride):
         finished_before = dict(state.done)  # seeds come from earlier waves only
         for M in wave:
@@ -589,8 +599,7 @@ def _run_waves(bs, space, measure, state, budget, params, progress, default_conf
                     on_round=on_round,
                 )
             except ConfigError as e:
-                failed[M] = str(e)
-                state.memo.pop(M, None)
+                state.fail(M, str(e))
                 if progress:
                     progress("failed", {"M": M, "error": str(e)})
                 continue

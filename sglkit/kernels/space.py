@@ -60,7 +60,6 @@ GRID: dict[str, tuple[int, ...]] = {
 # are all it reads, so every config found here runs on an unpatched SGLang. Measured on an H100
 # at M = 1, 2, 4 for two fp8 shapes (E=128/N=1536/K=4096 and E=257/N=256/K=7168), the best of
 # this grid never beat the best of SGLang's, so the tuner keeps to SGLang's grid.
-SMALL_M = 16
 SMALL_M_GRID: dict[str, tuple[int, ...]] = {
     "num_stages": (2, 3, 4, 5, 6, 7),
     "BLOCK_SIZE_M": (16,),
