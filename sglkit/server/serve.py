@@ -22,7 +22,7 @@ from sglkit.cache import deepgemm
 from sglkit.errors import SglkitError
 from sglkit.observability import manifest as mf
 from sglkit.observability import tracing
-from sglkit.proc import group_members
+from sglkit.proc import group_members, terminate_group
 from sglkit.server import phases, state, telemetry
 from sglkit.server import spec as server_spec
 from sglkit.server.runner import (
@@ -31,6 +31,7 @@ from sglkit.server.runner import (
     Server,
     ServerError,
     running,
+    signals_ignored,
     stop_pid,
 )
 from sglkit.versions import SGLang
@@ -71,6 +72,12 @@ def up(
             f"server.up: a server of the kit is already up (profile {other['profile']}, "
             f"pid {other['pid']}, {other['url']}); stop it with `invoke server.down "
             f"--profile {other['profile_path']}`"
+        )
+    for other, left in state.stranded():
+        raise ServerError(
+            f"server.up: processes of a server of the kit whose main process is gone still run "
+            f"(profile {other['profile']}, group {other['pid']}: pids {left}); stop them with "
+            f"`invoke server.down --profile {other['profile_path']}`"
         )
     run_dir = live[0] if live else None
     log = (run_dir / "logs" / "sglang.log") if run_dir else state.folder() / f"{p.name}.log"
@@ -148,11 +155,13 @@ def _forget(name: str, run_dir: Path | None) -> None:
 
 
 def find(profile: str | None) -> tuple[profiles.Profile, dict[str, Any] | None]:
-    """The profile and its detached server's state, or None when none is up (stale removed)."""
+    """The profile and its detached server's state, or None when none is up (a stale state is
+    removed; a stranded one is kept for server.down)."""
     p = profiles.load(profile)
     st = state.read(p.name)
     if st is not None and not state.alive(st):
-        state.remove(p.name)
+        if not state.leftovers(st):
+            state.remove(p.name)
         st = None
     return p, st
 
@@ -170,14 +179,30 @@ def require(profile: str | None) -> dict[str, Any]:
 def down(profile: str | None, grace: float = 30.0) -> str:
     p, st = find(profile)
     if st is None:
-        return f"server.down: no server of profile {p.name} is up"
+        return _stop_leftovers(p.name)
     t0 = time.monotonic()
-    stop_pid(st["pid"], grace)
+    with signals_ignored():  # a supervisor's TERM to us must not leave the group half-stopped
+        stop_pid(st["pid"], grace)
     left = group_members(st["pid"])
     if left:
         raise ServerError(f"server.down: processes of group {st['pid']} survived KILL: {left}")
     _forget(p.name, Path(st["run_dir"]) if st.get("run_dir") else None)
     return f"server.down: stopped pid {st['pid']} in {time.monotonic() - t0:.1f} s"
+
+
+def _stop_leftovers(name: str) -> str:
+    """server.down where the main process is gone: stop what is left of its group, if anything."""
+    st = state.read(name)
+    left = state.leftovers(st) if st else []
+    if not left:
+        return f"server.down: no server of profile {name} is up"
+    with signals_ignored():
+        terminate_group(st["pid"], grace=5.0)
+    if survivors := group_members(st["pid"]):
+        raise ServerError(f"server.down: processes of group {st['pid']} survived KILL: {survivors}")
+    _forget(name, Path(st["run_dir"]) if st.get("run_dir") else None)
+    return (f"server.down: the main process (pid {st['pid']}) was gone; stopped the "
+            f"{len(left)} process(es) left of its group: {left}")  # fmt: skip
 
 
 def status(profile: str | None) -> dict[str, Any]:

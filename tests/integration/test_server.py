@@ -256,6 +256,68 @@ def test_a_second_server_of_the_kit_is_refused(tmp_path, env, free_port, wait_fo
     assert_gone(pgid, wait_for)
 
 
+def test_a_server_whose_main_process_was_killed_is_stopped_by_down_not_forgotten(
+    tmp_path, env, free_port, wait_for
+):
+    """SIGKILL to SGLang's launcher leaves its scheduler running, holding the GPU. The kit keeps
+    the record of such a group: server.up refuses beside it, server.down stops what is left."""
+    prof = write_profile(tmp_path, free_port(), name="first")
+    rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach")
+    assert rc == 0, out + err
+    pgid = pgid_of(out)
+    try:
+        os.kill(pgid, signal.SIGKILL)  # the main process alone; its helper lives on
+        wait_for(lambda: mf.process_start(pgid) is None, timeout=15, what="main process gone")
+        (helper,) = group_members(pgid)
+
+        second = write_profile(tmp_path, free_port(), name="second")
+        rc, out2, err2, _ = inv(env, "server.up", "-p", str(second), "--detach")
+        assert rc == 1, out2 + err2
+        line = one_error_line(err2)
+        assert f"group {pgid}: pids [{helper}]" in line and "server.down" in line, line
+
+        rc, out, err, _ = inv(env, "server.status", "-p", str(prof))
+        assert rc == 3, out + err  # down: nothing answers
+
+        rc, out, err, _ = inv(env, "server.down", "-p", str(prof))
+        assert rc == 0, out + err
+        assert f"stopped the 1 process(es) left of its group: [{helper}]" in out, out
+        assert group_members(pgid) == []
+        assert not (tmp_path / "state" / "servers" / "first.json").exists()
+        rc, out, err, _ = inv(env, "server.down", "-p", str(prof))
+        assert rc == 0 and "no server of profile first is up" in out, out + err
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def test_sigterm_to_server_down_mid_stop_still_stops_the_whole_group(
+    tmp_path, env, free_port, wait_for
+):
+    """A supervisor's `timeout` TERMs server.down while it waits out the server's grace: the stop
+    goes on to KILL, and the record goes, instead of a half-stopped group being left behind."""
+    prof = write_profile(tmp_path, free_port(), "ignore-term")
+    rc, out, err, _ = inv(env, "server.up", "-p", str(prof), "--detach")
+    assert rc == 0, out + err
+    pgid = pgid_of(out)
+    log = tmp_path / "state" / "servers" / "standin.log"
+    down = subprocess.Popen([*INVOKE, "server.down", "-p", str(prof), "--grace", "3"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: "standin: SIGTERM ignored" in log.read_text(), timeout=SLOW,
+                 what="server.down's SIGTERM reached the server")  # fmt: skip
+        down.send_signal(signal.SIGTERM)
+        out, err = down.communicate(timeout=SLOW)
+        assert down.returncode == 0, out + err
+        assert f"stopped pid {pgid}" in out, out + err
+        assert group_members(pgid) == []
+        assert not (tmp_path / "state" / "servers" / "standin.json").exists()
+    finally:
+        down.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
 def test_ctrl_c_during_start(tmp_path, env, free_port, wait_for, ctrl_c_able):
     prof = write_profile(tmp_path, free_port(), ready_after=60)
     p = subprocess.Popen([*INVOKE, "server.up", "-p", str(prof)], cwd=REPO, env=env,
