@@ -6,9 +6,10 @@ puts this folder on sys.path)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,11 +34,41 @@ def task_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
+STOP_WAIT = 120.0  # seconds a task gets to stop what it started, once we are told to stop
+
+
 def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, str]:
-    """`python3 -m invoke ARGS` in the repository: (exit status, stdout, stderr)."""
-    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    return r.returncode, r.stdout, r.stderr
+    """`python3 -m invoke ARGS` in the repository: (exit status, stdout, stderr).
+
+    Past `timeout`, or when we are interrupted (Ctrl-C, or SIGTERM through `run_main`), the task
+    gets SIGTERM and up to STOP_WAIT seconds to stop the server it was starting, never a bare
+    SIGKILL that would leave that server running; then the exception goes on."""
+    argv = [sys.executable, "-m", "invoke", *args]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(argv, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except BaseException:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.communicate(timeout=STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            raise
+    return p.returncode, out, err
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """`main()` with SIGTERM taken as Ctrl-C, so that its `finally` blocks stop the servers it
+    started (a supervisor's `timeout` must not leave one running); 130 when interrupted."""
+    from sglkit.server.runner import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():
+            return main()
+    except KeyboardInterrupt:
+        print("interrupted: the servers this run started are stopped", file=sys.stderr)
+        return 130
 
 
 def server_status(env: dict[str, str], profile: str, who: str = "") -> dict:

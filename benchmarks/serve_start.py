@@ -40,7 +40,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import invoke, rotated, server_status, task_env  # noqa: E402
+from bench_common import invoke, rotated, run_main, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -50,12 +50,12 @@ STATES = ("cold", "default", "kit", "floor")
 def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, float]:
     port = str(free_port())
     t0 = time.monotonic()
-    rc, out, err = invoke(env, "server.up", "-p", profile, "--detach", "--port", port,
-                          "--precompile", precompile, timeout=timeout)  # fmt: skip
-    out += err
-    if rc != 0:
-        raise SystemExit(f"server.up failed ({rc}):\n{out[-3000:]}")
-    try:
+    try:  # server.down in `finally` also where server.up was interrupted after it recorded
+        rc, out, err = invoke(env, "server.up", "-p", profile, "--detach", "--port", port,
+                              "--precompile", precompile, timeout=timeout)  # fmt: skip
+        out += err
+        if rc != 0:
+            raise SystemExit(f"server.up failed ({rc}):\n{out[-3000:]}")
         r = requests.post(f"http://127.0.0.1:{port}/generate", json={
             "input_ids": [1, 2, 3, 4, 5, 6, 7, 8],
             "sampling_params": {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True},
@@ -168,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import card, invoke, rotated, server_status, task_env  # noqa: E402
+from bench_common import card, invoke, rotated, run_main, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -90,10 +90,6 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
                SGLKIT_TELEMETRY_ROOT=str(folder / "telemetry"))  # fmt: skip
     pred = predicted(env, a.profile, choice, a.check_args)
     port = str(free_port())
-    rc, out, err = invoke(env, "server.up", "-p", a.profile, "--detach", "--port", port,
-                          "--moe-configs", choice, timeout=a.timeout)  # fmt: skip
-    if rc != 0:
-        raise SystemExit(f"[{way}] server.up failed ({rc}):\n{(out + err)[-3000:]}")
     rows, checked = [], None
 
     def bench(conc: int, requests: int) -> dict:
@@ -105,7 +101,11 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
             raise SystemExit(f"[{way}] server.bench c={conc} failed ({rc}): {err[-2000:]}")
         return json.loads(out[out.index("{") :])
 
-    try:
+    try:  # server.down in `finally` also where server.up was interrupted after it recorded
+        rc, out, err = invoke(env, "server.up", "-p", a.profile, "--detach", "--port", port,
+                              "--moe-configs", choice, timeout=a.timeout)  # fmt: skip
+        if rc != 0:
+            raise SystemExit(f"[{way}] server.up failed ({rc}):\n{(out + err)[-3000:]}")
         # untimed: the first requests of a fresh server may pay JIT compiles (Triton, for each
         # config the batch sizes reach), which are not what the ways differ in
         top = max(a.concurrency)
@@ -227,4 +227,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
