@@ -27,6 +27,11 @@ INFO_ENDPOINTS_RENAMED: Version = (0, 5, 16)
 # quantizes A itself with a kernel it JIT-builds, and that build fails for an fp8 input
 # ("ninja exited with status 1"). Read in the 0.5.16, 0.5.17 and 0.5.23 wheels.
 MOE_KERNEL_TAKES_FP8_ACTIVATIONS: Version = (0, 5, 17)
+# SGLang 0.5.22 srt/layers/moe/moe_runner/triton_utils/moe_align_block_size.py rounds the length
+# of sorted_token_ids up to a multiple of 4 ("The align kernel pads sorted_ids with int4
+# stores"); 0.5.16 to 0.5.21 allocate it unrounded. That length is the fused-MoE kernel's EM,
+# an integer Triton specializes on (divisible by 16 or not). Read in the 0.5.16-0.5.23 wheels.
+MOE_ALIGN_PADS_TO_4: Version = (0, 5, 22)
 
 
 def parse(text: str | None) -> Version | None:
@@ -80,6 +85,10 @@ class SGLang:
         """HTTP paths to try, in order, for 'model_info' or 'server_info'."""
         new, old = f"/{name}", f"/get_{name}"
         return (new, old) if self.at_least(INFO_ENDPOINTS_RENAMED) else (old, new)
+
+    def moe_align_pads_to_4(self) -> bool:
+        """Whether moe_align_block_size rounds the sorted_token_ids length up to 4."""
+        return self.at_least(MOE_ALIGN_PADS_TO_4)
 
     def moe_kernel_takes_fp8_activations(self) -> bool:
         """Whether invoke_fused_moe_kernel accepts activations the caller already quantized

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from sglkit.errors import ConfigError, SglkitError
+from sglkit.kernels.moe_kernel import max_padded_tokens
+from sglkit.versions import SGLang
 
 KERNEL_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
                "num_stages")  # fmt: skip
@@ -75,29 +77,21 @@ def load_configs(path: Path) -> dict[int, dict[str, int]]:
 # ----------------------------------------------------------------------------- the plan
 
 
-def max_padded_tokens(numel: int, block_size: int, num_experts: int) -> int:
-    """Length of sorted_token_ids as SGLang's moe_align_block_size allocates it (EM)."""
-    n = (
-        numel * block_size
-        if numel < num_experts + 1
-        else numel + (num_experts + 1) * (block_size - 1)
-    )
-    return (n + 3) // 4 * 4
-
-
 def _spec(v: int) -> str:
     """Triton's integer specialization: '1', 'D' (divisible by 16) or '' (neither)."""
     return "1" if v == 1 else ("D" if v % 16 == 0 else "")
 
 
-def specialization(M: int, topk: int, block_m: int, num_experts: int) -> tuple:
+def specialization(M: int, topk: int, block_m: int, num_experts: int,
+                   pad_to_4: bool | None = None) -> tuple:  # fmt: skip
     """What of a call with M tokens picks a distinct binary besides the config.
 
     EM and num_valid_tokens specializations, and SGLang's PDL switch GDC_EARLY (a constexpr,
     `A.shape[0] <= 512`: M rows for the gate/up GEMM, M * topk rows for the down GEMM).
+    EM is max_padded_tokens, whose rounding depends on the SGLang version (`pad_to_4`).
     """
     numel = M * topk
-    em = _spec(max_padded_tokens(numel, block_m, num_experts))
+    em = _spec(max_padded_tokens(numel, block_m, num_experts, pad_to_4))
     return em, _spec(numel), M <= GDC_EARLY_ROWS, numel <= GDC_EARLY_ROWS
 
 
@@ -132,7 +126,7 @@ def kernel_config(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: int,
-         keys_only: bool = False) -> list[Item]:  # fmt: skip
+         keys_only: bool = False, pad_to_4: bool | None = None) -> list[Item]:  # fmt: skip
     """One M per distinct (kernel config, specialization) over batches 1..max_tokens.
 
     The config keys themselves come first where they are in range (those are the batch sizes
@@ -140,6 +134,8 @@ def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: i
     item per distinct config at its own key, every key (a quicker, partial warm).
     """
     keys = list(configs)
+    if pad_to_4 is None:  # once, not per M
+        pad_to_4 = SGLang.here().moe_align_pads_to_4()
     seen: set[tuple] = set()
     items: list[Item] = []
     if keys_only:
@@ -149,7 +145,7 @@ def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: i
     for M in candidates:
         key = nearest_key(keys, M)
         cfg = kernel_config(configs[key])
-        spec = specialization(M, topk, cfg["BLOCK_SIZE_M"], num_experts)
+        spec = specialization(M, topk, cfg["BLOCK_SIZE_M"], num_experts, pad_to_4)
         sig = (tuple(sorted(cfg.items())), spec)
         if sig in seen:
             continue
@@ -292,17 +288,18 @@ def _use_server_length(runner, item: Item, dims) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def run(profile: str | None, config_file: str | None, max_tokens: int | None,
+def run(profile, config_file: str | None, max_tokens: int | None,
         json_out: str | None, device: str | None = None, quiet: bool = False,
         lock_timeout: float = 0.0, keys_only: bool = False) -> dict:  # fmt: skip
-    """Set TRITON_CACHE_DIR from the profile, plan, warm with progress, write the marker.
+    """Set TRITON_CACHE_DIR from the profile (a name, a path or a loaded Profile), plan, warm
+    with progress, write the marker.
 
     $SGLKIT_TRITON_CACHE_DIR overrides the folder (benchmarks/triton_warm.py uses fresh ones).
     """
     from sglkit import profile as profiles
     from sglkit.cache import store
 
-    prof = profiles.load(profile)
+    prof = profile if isinstance(profile, profiles.Profile) else profiles.load(profile)
     override = os.environ.get("SGLKIT_TRITON_CACHE_DIR")
     cache_dir = Path(override or prof.environment()["TRITON_CACHE_DIR"])
     field = "SGLKIT_TRITON_CACHE_DIR" if override else "cache.root"
@@ -343,7 +340,7 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
             "warmed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profile_hash": prof.hash(),
             **{k: summary[k] for k in ("config_file", "config_sha256", "file_name", "versions",
-                                      "dims", "max_tokens")},
+                                      "dims", "max_tokens", "keys_only")},
             "variants": len(timings),
         })  # fmt: skip
     if json_out:
@@ -351,6 +348,54 @@ def run(profile: str | None, config_file: str | None, max_tokens: int | None,
 
         atomic_write_json(json_out, summary)
     return summary
+
+
+FOLD_CHOICES = ("auto", "on", "off")
+
+
+def fold_target(prof, choice: str) -> tuple[Target | None, str]:
+    """Whether the warm's Triton step runs: (the target, "") where it does, (None, why) where it
+    is skipped; with choice "on", a SglkitError instead of a skip (the warm checks that before
+    its server starts, so that it fails at once rather than after the long part)."""
+    if choice == "off":
+        return None, "off (--triton off)"
+    try:
+        preflight()
+        target = profile_target(prof)
+        if target.config_file is None:
+            raise ConfigError(f"no MoE config file {target.file_name} for this Triton")
+    except SglkitError as e:
+        if choice == "on":
+            raise SglkitError(f"--triton on: {e}", e.exit_code) from None
+        return None, f"skipped ({e})"
+    return target, ""
+
+
+def fold(prof, choice: str, say: Callable[[str], None], lock_timeout: float = 0.0) -> str:
+    """The warm's Triton step (`cache.deepgemm --triton`): `run` for the MoE config file the
+    profile's server will read, once the warm's server has stopped; returns one line. auto: where
+    this host runs SGLang's kernel on a GPU and such a file exists; on: required; off: nothing.
+    A Triton folder whose marker names that file's content, this profile, batch range and these
+    versions is left as it is."""
+    from sglkit.cache import store
+
+    target, why = fold_target(prof, choice)
+    if target is None:
+        return f"triton: {why}"
+    cache_dir = Path(prof.environment()["TRITON_CACHE_DIR"])
+    marker = store.read_marker(cache_dir) or {}
+    digest = hashlib.sha256(target.config_file.read_bytes()).hexdigest()
+    have = [marker.get(k) for k in ("kind", "config_sha256", "profile_hash", "max_tokens")]
+    if (
+        have == ["triton", digest, prof.hash(), target.max_tokens]
+        and not marker.get("keys_only")
+        and marker.get("versions") == _versions()
+    ):
+        return f"triton: already warm for {target.config_file.name} ({cache_dir})"
+    say(f"triton: warming the fused-MoE kernels of {target.config_file}")
+    s = run(prof, None, None, None, lock_timeout=lock_timeout)
+    return (f"triton: {len(s['items'])} kernel variants in {cache_dir} "
+            f"(first calls {s['total_first_call_s']:.1f} s)")  # fmt: skip
 
 
 def _versions() -> dict[str, str | None]:

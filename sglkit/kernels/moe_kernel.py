@@ -95,13 +95,17 @@ def dims_from(shape: Any, dtype: str | None = None, block_shape: Any = None) -> 
 # --------------------------------------------------------------------------- alignment
 
 
-def max_padded_tokens(numel: int, block_size: int, num_experts: int) -> int:
-    """Length of sorted_token_ids as SGLang's moe_align_block_size allocates it."""
+def max_padded_tokens(numel: int, block_size: int, num_experts: int,
+                      pad_to_4: bool | None = None) -> int:  # fmt: skip
+    """Length of sorted_token_ids as SGLang's moe_align_block_size allocates it (the kernel's EM):
+    rounded up to 4 from SGLang 0.5.22 on (`pad_to_4`, default: the installed SGLang's way)."""
     if numel < num_experts + 1:
         n = numel * block_size
     else:
         n = numel + (num_experts + 1) * (block_size - 1)
-    return (n + 3) // 4 * 4
+    if pad_to_4 is None:
+        pad_to_4 = SGLang.here().moe_align_pads_to_4()
+    return (n + 3) // 4 * 4 if pad_to_4 else n
 
 
 def align_block_size(
@@ -266,7 +270,10 @@ class MoERunner:
     def _gemm(self, a, a_s, b, b_s, c, mul_routed: bool, top_k: int, config: dict) -> None:
         invoke, _, tl = sglang_kernels()
         d = self.dims
-        kw: dict[str, Any] = {}
+        # filter_expert: SGLang's server passes `num_experts != num_local_experts`, False where
+        # every expert is local (no EP), as here; the kernel's default True compiles another
+        # binary (fused_moe.py, SGLang 0.5.16-0.5.23)
+        kw: dict[str, Any] = {"filter_expert": False}
         if top_k == 1 and d.topk > 1:
             kw["router_topk"] = d.topk
         invoke(

@@ -6,14 +6,10 @@ import json
 
 import pytest
 
-from sglkit.cache.triton_warm import (
-    load_configs,
-    max_padded_tokens,
-    nearest_key,
-    plan,
-    specialization,
-)
+from sglkit import versions
+from sglkit.cache.triton_warm import load_configs, nearest_key, plan, specialization
 from sglkit.errors import ConfigError
+from sglkit.kernels.moe_kernel import max_padded_tokens
 
 
 def _cfg(bm, bn=64, bk=64, g=1, w=4, s=3):
@@ -50,10 +46,24 @@ def test_nearest_key_is_sglangs_choice():
 
 
 def test_max_padded_tokens_matches_sglangs_allocation():
-    # numel < E + 1: numel * block; else numel + (E + 1) * (block - 1); rounded up to 4
-    assert max_padded_tokens(8, 16, 128) == 128
+    # numel < E + 1: numel * block; else numel + (E + 1) * (block - 1); rounded up to 4 from
+    # SGLang 0.5.22 on, unrounded before
+    assert max_padded_tokens(8, 16, 128, pad_to_4=True) == 128
+    assert max_padded_tokens(1024, 64, 128, pad_to_4=True) == 1024 + 129 * 63 + 1
+    assert max_padded_tokens(1024, 64, 128, pad_to_4=False) == 1024 + 129 * 63
+
+
+def test_max_padded_tokens_follows_the_installed_sglang(monkeypatch):
+    monkeypatch.setattr(versions, "installed", lambda dist="sglang": "0.5.16")
+    assert max_padded_tokens(1024, 64, 128) == 1024 + 129 * 63
+    monkeypatch.setattr(versions, "installed", lambda dist="sglang": "0.5.22")
     assert max_padded_tokens(1024, 64, 128) == 1024 + 129 * 63 + 1
-    assert max_padded_tokens(1024, 64, 128) % 4 == 0
+
+
+def test_an_even_batch_past_16_has_em_not_divisible_by_16_on_sglang_0_5_16():
+    # M=18, top-k 8, BLOCK_SIZE_M 16, 128 experts: EM = 144 + 129 * 15 = 2079; 2080 when padded
+    assert specialization(18, 8, 16, 128, pad_to_4=False)[:2] == ("", "D")
+    assert specialization(18, 8, 16, 128, pad_to_4=True)[:2] == ("D", "D")
 
 
 def test_specialization_follows_tritons_integer_rules():
@@ -65,9 +75,10 @@ def test_specialization_follows_tritons_integer_rules():
     assert specialization(100, 8, 16, 128)[2:] == (True, False)
 
 
-def test_plan_covers_every_variant_a_batch_can_hit_once():
+@pytest.mark.parametrize("pad_to_4", [False, True])
+def test_plan_covers_every_variant_a_batch_can_hit_once(pad_to_4):
     configs = {1: _cfg(16, s=5), 64: _cfg(16, bn=128), 1024: _cfg(128, bn=256, w=8)}
-    items = plan(configs, topk=8, num_experts=128, max_tokens=2048)
+    items = plan(configs, topk=8, num_experts=128, max_tokens=2048, pad_to_4=pad_to_4)
     assert [i.M for i in items[:3]] == [1, 64, 1024]  # the file's own batch sizes first
     sigs = [(tuple(sorted(i.config.items())), i.spec) for i in items]
     assert len(sigs) == len(set(sigs))
@@ -75,7 +86,8 @@ def test_plan_covers_every_variant_a_batch_can_hit_once():
     for M in range(1, 2049):
         key = nearest_key(list(configs), M)
         cfg = configs[key]
-        sig = (tuple(sorted(cfg.items())), specialization(M, 8, cfg["BLOCK_SIZE_M"], 128))
+        spec = specialization(M, 8, cfg["BLOCK_SIZE_M"], 128, pad_to_4)
+        sig = (tuple(sorted(cfg.items())), spec)
         assert sig in sigs, M
     # and each planned M really uses the config the plan says
     for i in items:
