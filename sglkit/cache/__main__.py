@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lock-timeout", type=float, default=0.0)
     d.add_argument("--dry-run", action="store_true")
     d.add_argument("--jobs", help="workers, or auto (default 1: the server warms alone)")
+    d.add_argument("--triton", default="auto", help="the MoE Triton step after it: auto, on, off")
     s = sub.add_parser("status", help="cache folders, sizes, markers")
     s.add_argument("--profile")
     e = sub.add_parser("export", help="pack the warmed DeepGEMM cache")
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             timeout=args.timeout,
             jobs=args.jobs,
+            triton=args.triton,
         )
         if args.dry_run:
             print(json.dumps(deepgemm.describe(pl), indent=2))

@@ -14,13 +14,13 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sglkit import profile as profiles
 from sglkit.cache import deepgemm_parallel as par
-from sglkit.cache import fingerprint, store
+from sglkit.cache import fingerprint, store, triton_warm
 from sglkit.cache import gemm_shapes as gs
 from sglkit.cli import number
 from sglkit.errors import ConfigError, SglkitError
@@ -36,15 +36,18 @@ WARMUP_REQUEST = {
 
 
 def warm_overrides(timeout: float) -> dict[str, Any]:
-    """What warming adds to the serving spec, and why (the same choices as compile_deep_gemm):
+    """What warming adds to the serving spec, and why (two of compile_deep_gemm's three choices):
 
     load_format dummy       random weights: kernel shapes come from config.json, not the weights,
                             and loading 600 GB of DeepSeek-V3 would dominate the run;
-    disable_cuda_graph      capturing graphs is not needed to compile kernels and costs minutes;
     watchdog_timeout T      SGLang's watchdog kills a forward pass after 300 s by default, and
                             compiling every M of one GEMM shape takes longer than that.
+
+    CUDA graphs stay on, unlike compile_deep_gemm: capturing them compiles the Triton kernels of
+    every decode batch size (attention, MoE, quantization) into TRITON_CACHE_DIR, which the first
+    start after a graph-less warm paid instead (docs/serving-start.md).
     """
-    return {"load_format": "dummy", "disable_cuda_graph": True, "watchdog_timeout": timeout}
+    return {"load_format": "dummy", "watchdog_timeout": timeout}
 
 
 def warm_environment(sglang) -> dict[str, str]:
@@ -67,6 +70,7 @@ class Plan:
     folder: Path
     timeout: float
     jobs: int | None = DEFAULT_JOBS  # compile workers first; None: as many as fit (--jobs auto)
+    triton: str = "auto"  # the Triton step after the server (triton_warm.fold): auto, on, off
 
     @property
     def profile(self) -> profiles.Profile:
@@ -98,9 +102,14 @@ def plan(
     node_rank: int | None = None,
     dist_init_addr: str | None = None,
     jobs: int | str | None = None,
+    triton: str | None = None,
 ) -> Plan:
     """Resolve what would run; raise ConfigError (exit 2) naming the flag or field at fault."""
     p = profiles.load(profile)
+    triton = "auto" if triton is None else triton
+    if triton not in triton_warm.FOLD_CHOICES:
+        raise ConfigError(f"--triton: expected one of {', '.join(triton_warm.FOLD_CHOICES)}, "
+                          f"got {triton!r}")  # fmt: skip
     if timeout is None or timeout <= 0:
         raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout!r}")
     jobs = parse_jobs(jobs)
@@ -159,6 +168,7 @@ def plan(
         folder=p.cache_dirs()[KIND],
         timeout=float(timeout),
         jobs=jobs,
+        triton=triton,
     )
 
 
@@ -201,9 +211,10 @@ def swept_shapes(log_text: str) -> list[tuple[str, int, int, int]]:
 # ---- the run -------------------------------------------------------------------------------------
 @dataclass
 class Result:
-    status: str  # "already-warm" | "warmed"
+    status: str  # "already-warm" | "warmed": the DeepGEMM cache
     marker: dict[str, Any]
     seconds: float
+    triton: str = ""  # what the Triton step did, in one line
 
 
 def marker_matches(
@@ -256,6 +267,7 @@ def describe(pl: Plan) -> dict[str, Any]:
         "marker": "none" if marker is None else ("matches" if not diff else f"differs: {diff[0]}"),
         "shapes": [s.label() for s in shape_plan(pl.spec).shapes],
         "jobs": "auto" if pl.jobs is None else pl.jobs,
+        "triton": pl.triton,
     }
 
 
@@ -267,7 +279,19 @@ def warm(
     grace: float = 10.0,
     reporter: Reporter | None = None,
 ) -> Result:
+    """The DeepGEMM cache through the server (once; skipped where the marker matches), then the
+    Triton step for the MoE config file that server reads (`pl.triton`)."""
     rep = reporter or Reporter("cache.deepgemm")
+    if pl.triton == "on":  # fail now rather than after the server's long warm
+        triton_warm.fold_target(pl.profile, "on")
+    result = _warm_server(pl, force=force, lock_timeout=lock_timeout, grace=grace, rep=rep)
+    line = triton_warm.fold(pl.profile, pl.triton, rep.say, lock_timeout)
+    rep.console.print(line, markup=False)
+    return replace(result, triton=line)
+
+
+def _warm_server(pl: Plan, *, force: bool, lock_timeout: float, grace: float,
+                 rep: Reporter) -> Result:  # fmt: skip
     fp = fingerprint.compute(pl.spec)
     if not force:
         marker, diff = marker_matches(pl.folder, fp, pl.spec.node)

@@ -45,6 +45,8 @@ from sglkit.server import spec as server_spec
         "jobs": "compile the kernels in N worker processes first (auto: the cores here, "
         "capped by GPU memory), then let the server check them (default 1: the server warms "
         "alone; docs/caching.md says when workers pay)",
+        "triton": "then compile the fused-MoE Triton kernels of the config file the server reads "
+        "(auto: where one exists and a GPU runs SGLang's kernel here; on: required; off)",
     }
 )
 def deepgemm_(
@@ -62,8 +64,10 @@ def deepgemm_(
     node_rank=None,
     dist_init_addr=None,
     jobs=None,
+    triton=None,
 ):
-    """Warm the DeepGEMM cache: run the server with the profile's argv and one warm-up request."""
+    """Warm the caches a server start needs: DeepGEMM's and Triton's, through one server start
+    with the profile's argv and one warm-up request; then the MoE kernels of every batch size."""
     pl = deepgemm.plan(
         profile,
         model=model,
@@ -74,6 +78,7 @@ def deepgemm_(
         node_rank=number(node_rank, "--node-rank", int),
         dist_init_addr=dist_init_addr,
         jobs=jobs,
+        triton=triton,
     )
     if dry_run:
         echo(json.dumps(deepgemm.describe(pl), indent=2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -203,3 +204,59 @@ def test_warm_start_skips_the_sweep_and_compiles_nothing_at_request_time(roots, 
     print(f"\nwarm start, sweep off: ready {ready:.1f} s; {len(lengths)} prompt lengths, "
           f"cache files {before} -> {after}")  # fmt: skip
     _save_figures()
+
+
+def triton_files(root: Path) -> int:
+    folder = root / "triton"
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def test_the_warm_leaves_the_start_and_requests_no_triton_kernel_to_compile(roots, free_port):
+    """cache.deepgemm captures CUDA graphs, then (--triton auto, with the kit's tuned file for
+    this card where the store has one) compiles the MoE kernels of every batch size. The start
+    after it, and prompts of many lengths, must then find every Triton kernel in the cache: a file
+    added to the Triton folder is a kernel compiled at start or at request time."""
+    base, env = roots
+    root = base / "cache-triton"
+    warm_dg = Path(env["SGLKIT_CACHE_ROOT"]) / "deepgemm"
+    if store.read_marker(warm_dg) is not None:  # reuse the DeepGEMM kernels; --force re-warms
+        shutil.copytree(warm_dg, root / "deepgemm")
+    env = {**env, "SGLKIT_CACHE_ROOT": str(root)}
+    port = str(free_port())
+    rc, out, warm_s = invoke(env, "cache.deepgemm", "-p", PROFILE, "--port", port, "--force",
+                             timeout=1500)  # fmt: skip
+    assert rc == 0, out[-3000:]
+    fold = re.search(r"triton: (\d+) kernel variants|triton: skipped \((.*)\)", out)
+    assert fold, out[-2000:]
+    warmed = triton_files(root)
+    assert warmed > 0, "the warm compiled no Triton kernel"
+    rc, out, _ = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
+    assert rc == 0, out[-4000:]
+    ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
+    at_start = triton_files(root)
+    url = f"http://127.0.0.1:{port}"
+    lengths = (1, 3, 17, 64, 129, 500, 1000, 2048, 3000, 4000)
+    try:
+        for n in lengths:
+            r = requests.post(f"{url}/generate", json={
+                "input_ids": [(5 * i + 3) % 32000 for i in range(n)],
+                "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+            }, timeout=600)  # fmt: skip
+            assert r.status_code == 200, (n, r.text[:300])
+        rc, out, _ = invoke(env, "server.bench", "-p", PROFILE, "--requests", "32",
+                            "--concurrency", "8", "--input-len", "256", "--output-len", "16",
+                            "--json", stdout_only=True)  # fmt: skip
+        assert rc == 0, out[-2000:]
+    finally:
+        rc, out, _ = invoke(env, "server.down", "-p", PROFILE)
+    assert rc == 0, out[-2000:]
+    after = triton_files(root)
+    FIGURES["triton_warm"] = {"warm_s": round(warm_s, 1), "fold": fold.group(0), "ready_s": ready,
+                              "files": [warmed, at_start, after]}  # fmt: skip
+    print(
+        f"\nwarm {warm_s:.1f} s ({fold.group(0)}); start {ready:.1f} s; Triton files "
+        f"{warmed} after the warm, {at_start} after the start, {after} after the requests"
+    )
+    _save_figures()
+    assert at_start == warmed, f"{at_start - warmed} Triton cache files appeared at start"
+    assert after == at_start, f"{after - at_start} Triton cache files appeared at request time"

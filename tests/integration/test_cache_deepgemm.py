@@ -319,3 +319,38 @@ def test_port_in_use_refuses_and_keeps_the_marker(tmp_path, free_port, wait_for)
     assert rc == 1, out
     assert f"server.port: 127.0.0.1:{port} is already in use" in out
     assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
+
+
+def test_the_triton_step_says_why_it_is_skipped_or_off(tmp_path, free_port, wait_for):
+    """--triton auto (the default) warms the MoE kernels only where SGLang's kernel runs on a
+    GPU here; on this CPU host it says why not, in one line, and the warm still succeeds."""
+    profile = write_profile(tmp_path, free_port())
+    rc, out, _ = warm(tmp_path, profile)
+    assert rc == 0, out
+    assert_group_gone(pgid_of(out), wait_for)
+    assert "triton: skipped (cache.triton runs on a GPU host: torch does not import" in out, out
+    assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
+    rc, out, _ = warm(tmp_path, profile, "--triton", "off")
+    assert rc == 0, out
+    assert "already warm" in out and "triton: off (--triton off)" in out, out
+
+
+def test_triton_on_where_it_cannot_run_fails_before_the_server_starts(tmp_path, free_port):
+    profile = write_profile(tmp_path, free_port())
+    rc, out, _ = warm(tmp_path, profile, "--triton", "on")
+    assert rc == 1, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --triton on: "), out
+    assert "server pid" not in out and not (tmp_path / "standin-record.json").exists()
+    assert store.read_marker(tmp_path / "cache" / "deepgemm") is None
+
+
+def test_an_unknown_triton_choice_is_one_line_naming_the_flag(tmp_path, free_port):
+    profile = write_profile(tmp_path, free_port())
+    r = subprocess.run(
+        ["invoke", "cache.deepgemm", "--profile", str(profile), "--triton", "sometimes"],
+        cwd=REPO, env=env_for(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --triton: expected one of auto")
+    assert not (tmp_path / "standin-record.json").exists()

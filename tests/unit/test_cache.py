@@ -23,22 +23,14 @@ def cpu_dev(tmp_path, monkeypatch):
     return "cpu-dev"
 
 
-@pytest.mark.parametrize(
-    ("version", "cuda_graph_off"),
-    [
-        ("0.5.16", ["--cuda-graph-backend-decode", "disabled",
-                    "--cuda-graph-backend-prefill", "disabled"]),
-        ("0.5.10", ["--disable-cuda-graph"]),
-    ],
-)  # fmt: skip
-def test_plan_is_the_serving_argv_plus_the_warm_flags(
-    cpu_dev, tmp_path, monkeypatch, version, cuda_graph_off
-):
+@pytest.mark.parametrize("version", ["0.5.16", "0.5.10"])
+def test_plan_is_the_serving_argv_plus_the_warm_flags(cpu_dev, tmp_path, monkeypatch, version):
+    """CUDA graphs stay on in the warm (its capture fills the Triton cache the start needs)."""
     monkeypatch.setattr(versions, "installed", lambda dist="sglang": version)
     pl = deepgemm.plan(cpu_dev, timeout=600)
     serve = server_spec.build(profiles.load(cpu_dev))
-    assert pl.argv == [*serve.argv(), "--load-format", "dummy", *cuda_graph_off,
-                       "--watchdog-timeout", "600"]  # fmt: skip
+    assert pl.argv == [*serve.argv(), "--load-format", "dummy", "--watchdog-timeout", "600"]
+    assert not [a for a in pl.argv if "cuda-graph" in a]
     folder = tmp_path / "c" / "deepgemm"
     assert pl.folder == folder
     for var in ("SGLANG_DG_CACHE_DIR", "DG_JIT_CACHE_DIR", "DG_CACHE_DIR"):
