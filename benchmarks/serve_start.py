@@ -74,10 +74,42 @@ def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, f
             "phases": phases}  # fmt: skip
 
 
+def report(results: dict[str, list[dict]], states: list[str]) -> None:
+    """The table of starts per state, the median phases, and the goal (kit within 1.1x floor)."""
+    print(f"\n{'state':8} {'runs':>4} {'ready med':>10} {'ready max':>10} "
+          f"{'1st tok med':>12} {'1st tok max':>12} {'sweep skipped':>14}")  # fmt: skip
+    med = {}
+    for state in states:
+        rs = results[state]
+        if not rs:
+            continue
+        ready = [r["ready_s"] for r in rs]
+        first = [r["first_token_s"] for r in rs]
+        med[state] = statistics.median(first)
+        skipped = sum(r["skipped_sweep"] for r in rs)
+        print(f"{state:8} {len(rs):>4} {statistics.median(ready):>9.1f}s {max(ready):>9.1f}s "
+              f"{med[state]:>11.1f}s {max(first):>11.1f}s {skipped:>10}/{len(rs)}")  # fmt: skip
+    # where the starts' time went (server.up's phases from SGLang's stamped log lines)
+    names = list(dict.fromkeys(n for st in states for r in results[st] for n in r["phases"]))
+    if names:
+        print("\nmedian seconds per phase of the start (SGLang's log stamps, about 1 s):")
+        print(f"{'state':8} " + " ".join(f"{n:>16}" for n in names))
+        for state in states:
+            cells = []
+            for n in names:
+                vals = [r["phases"][n] for r in results[state] if n in r["phases"]]
+                cells.append(f"{statistics.median(vals):>16.0f}" if vals else f"{'-':>16}")
+            print(f"{state:8} " + " ".join(cells))
+    if "kit" in med and "floor" in med and med["floor"] > 0:
+        ratio = med["kit"] / med["floor"]
+        print(f"\nkit / floor (median to first token): {ratio:.2f}x "
+              f"(goal <= 1.10x: {'met' if ratio <= 1.10 else 'missed'})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", required=True, help="the FP8 profile (DeepGEMM shapes)")
-    ap.add_argument("--floor-profile", required=True, help="the same model without DeepGEMM")
+    ap.add_argument("--profile", help="the FP8 profile (DeepGEMM shapes)")
+    ap.add_argument("--floor-profile", help="the same model without DeepGEMM")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--states", default=",".join(STATES))
     ap.add_argument("--timeout", type=float, default=1800.0)
@@ -92,7 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         help="a cache root cache.deepgemm already warmed for "
         "--profile: used as it is for default and kit (no warm here)",
     )
+    ap.add_argument("--merge", nargs="+", help="print the table of these --json files; run nothing")
     a = ap.parse_args(argv)
+    if a.merge:
+        merged: dict[str, list[dict]] = {}
+        for f in a.merge:
+            for state, runs in json.loads(Path(f).read_text()).items():
+                merged.setdefault(state, []).extend(runs)
+        report(merged, [s for s in STATES if s in merged])
+        print(f"\nrerun: python3 benchmarks/serve_start.py {shlex.join(argv or sys.argv[1:])}")
+        return 0
+    if not (a.profile and a.floor_profile):
+        ap.error("--profile and --floor-profile are required (or --merge)")
     states = [s for s in a.states.split(",") if s]
     if unknown := set(states) - set(STATES):
         ap.error(f"--states: unknown {sorted(unknown)} (known: {', '.join(STATES)})")
@@ -135,34 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['first_token_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
             if a.json:  # after every start: a run cut short keeps what it measured
                 Path(a.json).write_text(json.dumps(results, indent=2))
-    print(f"\n{'state':8} {'runs':>4} {'ready med':>10} {'ready max':>10} "
-          f"{'1st tok med':>12} {'1st tok max':>12} {'sweep skipped':>14}")  # fmt: skip
-    med = {}
-    for state in states:
-        rs = results[state]
-        if not rs:
-            continue
-        ready = [r["ready_s"] for r in rs]
-        first = [r["first_token_s"] for r in rs]
-        med[state] = statistics.median(first)
-        skipped = sum(r["skipped_sweep"] for r in rs)
-        print(f"{state:8} {len(rs):>4} {statistics.median(ready):>9.1f}s {max(ready):>9.1f}s "
-              f"{med[state]:>11.1f}s {max(first):>11.1f}s {skipped:>10}/{len(rs)}")  # fmt: skip
-    # where the starts' time went (server.up's phases from SGLang's stamped log lines)
-    names = list(dict.fromkeys(n for st in states for r in results[st] for n in r["phases"]))
-    if names:
-        print("\nmedian seconds per phase of the start (SGLang's log stamps, about 1 s):")
-        print(f"{'state':8} " + " ".join(f"{n:>16}" for n in names))
-        for state in states:
-            cells = []
-            for n in names:
-                vals = [r["phases"][n] for r in results[state] if n in r["phases"]]
-                cells.append(f"{statistics.median(vals):>16.0f}" if vals else f"{'-':>16}")
-            print(f"{state:8} " + " ".join(cells))
-    if "kit" in med and "floor" in med and med["floor"] > 0:
-        ratio = med["kit"] / med["floor"]
-        print(f"\nkit / floor (median to first token): {ratio:.2f}x "
-              f"(goal <= 1.10x: {'met' if ratio <= 1.10 else 'missed'})")  # fmt: skip
+    report(results, states)
     print(f"\nrerun: python3 benchmarks/serve_start.py {shlex.join(argv or sys.argv[1:])}")
     return 0
 
