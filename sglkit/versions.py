@@ -32,6 +32,10 @@ MOE_KERNEL_TAKES_FP8_ACTIVATIONS: Version = (0, 5, 17)
 # stores"); 0.5.16 to 0.5.21 allocate it unrounded. That length is the fused-MoE kernel's EM,
 # an integer Triton specializes on (divisible by 16 or not). Read in the 0.5.16-0.5.23 wheels.
 MOE_ALIGN_PADS_TO_4: Version = (0, 5, 22)
+# SGLang 0.5.19 kernels/ops/moe/fused_moe_triton_kernels.py: the fused-MoE kernel takes the PDL
+# constexprs USE_GDC and GDC_EARLY (`A.shape[0] <= 512`); 0.5.16-0.5.18 have neither. Read in
+# the 0.5.16-0.5.23 wheels.
+MOE_KERNEL_GDC_EARLY: Version = (0, 5, 19)
 
 
 def parse(text: str | None) -> Version | None:
@@ -89,6 +93,10 @@ class SGLang:
     def moe_align_pads_to_4(self) -> bool:
         """Whether moe_align_block_size rounds the sorted_token_ids length up to 4."""
         return self.at_least(MOE_ALIGN_PADS_TO_4)
+
+    def moe_kernel_has_gdc_early(self) -> bool:
+        """Whether the fused-MoE kernel compiles apart for `A.shape[0] <= 512` (PDL)."""
+        return self.at_least(MOE_KERNEL_GDC_EARLY)
 
     def moe_kernel_takes_fp8_activations(self) -> bool:
         """Whether invoke_fused_moe_kernel accepts activations the caller already quantized

@@ -40,7 +40,7 @@ from sglkit.versions import SGLang
 KERNEL_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",
                "num_stages")  # fmt: skip
 DEFAULT_MAX_TOKENS = 8192
-GDC_EARLY_ROWS = 512  # fused_moe_triton_kernels.invoke_fused_moe_kernel, SGLang 0.5.23
+GDC_EARLY_ROWS = 512  # fused_moe_triton_kernels.invoke_fused_moe_kernel, SGLang 0.5.19-0.5.23
 
 
 # ----------------------------------------------------------------------------- config lookup
@@ -83,15 +83,19 @@ def _spec(v: int) -> str:
 
 
 def specialization(M: int, topk: int, block_m: int, num_experts: int,
-                   pad_to_4: bool | None = None) -> tuple:  # fmt: skip
-    """What of a call with M tokens picks a distinct binary besides the config.
+                   sglang: SGLang | None = None) -> tuple:  # fmt: skip
+    """What of a call with M tokens picks a distinct binary besides the config, on `sglang`
+    (default: the installed one).
 
-    EM and num_valid_tokens specializations, and SGLang's PDL switch GDC_EARLY (a constexpr,
-    `A.shape[0] <= 512`: M rows for the gate/up GEMM, M * topk rows for the down GEMM).
-    EM is max_padded_tokens, whose rounding depends on the SGLang version (`pad_to_4`).
+    EM and num_valid_tokens specializations; EM is max_padded_tokens, rounded to 4 from SGLang
+    0.5.22 on. From 0.5.19 on, SGLang's PDL switch GDC_EARLY too (a constexpr, `A.shape[0] <=
+    512`: M rows for the gate/up GEMM, M * topk rows for the down GEMM); None before.
     """
+    sg = sglang or SGLang.here()
     numel = M * topk
-    em = _spec(max_padded_tokens(numel, block_m, num_experts, pad_to_4))
+    em = _spec(max_padded_tokens(numel, block_m, num_experts, sg.moe_align_pads_to_4()))
+    if not sg.moe_kernel_has_gdc_early():
+        return em, _spec(numel), None, None
     return em, _spec(numel), M <= GDC_EARLY_ROWS, numel <= GDC_EARLY_ROWS
 
 
@@ -126,7 +130,7 @@ def kernel_config(config: Mapping[str, Any]) -> dict[str, int]:
 
 
 def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: int,
-         keys_only: bool = False, pad_to_4: bool | None = None) -> list[Item]:  # fmt: skip
+         keys_only: bool = False, sglang: SGLang | None = None) -> list[Item]:  # fmt: skip
     """One M per distinct (kernel config, specialization) over batches 1..max_tokens.
 
     The config keys themselves come first where they are in range (those are the batch sizes
@@ -134,8 +138,7 @@ def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: i
     item per distinct config at its own key, every key (a quicker, partial warm).
     """
     keys = list(configs)
-    if pad_to_4 is None:  # once, not per M
-        pad_to_4 = SGLang.here().moe_align_pads_to_4()
+    sglang = sglang or SGLang.here()  # once, not per M
     seen: set[tuple] = set()
     items: list[Item] = []
     if keys_only:
@@ -145,7 +148,7 @@ def plan(configs: Mapping[int, dict], topk: int, num_experts: int, max_tokens: i
     for M in candidates:
         key = nearest_key(keys, M)
         cfg = kernel_config(configs[key])
-        spec = specialization(M, topk, cfg["BLOCK_SIZE_M"], num_experts, pad_to_4)
+        spec = specialization(M, topk, cfg["BLOCK_SIZE_M"], num_experts, sglang)
         sig = (tuple(sorted(cfg.items())), spec)
         if sig in seen:
             continue

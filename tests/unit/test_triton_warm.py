@@ -10,6 +10,9 @@ from sglkit import versions
 from sglkit.cache.triton_warm import load_configs, nearest_key, plan, specialization
 from sglkit.errors import ConfigError
 from sglkit.kernels.moe_kernel import max_padded_tokens
+from sglkit.versions import SGLang
+
+NEW = SGLang("0.5.23")
 
 
 def _cfg(bm, bn=64, bk=64, g=1, w=4, s=3):
@@ -62,23 +65,29 @@ def test_max_padded_tokens_follows_the_installed_sglang(monkeypatch):
 
 def test_an_even_batch_past_16_has_em_not_divisible_by_16_on_sglang_0_5_16():
     # M=18, top-k 8, BLOCK_SIZE_M 16, 128 experts: EM = 144 + 129 * 15 = 2079; 2080 when padded
-    assert specialization(18, 8, 16, 128, pad_to_4=False)[:2] == ("", "D")
-    assert specialization(18, 8, 16, 128, pad_to_4=True)[:2] == ("D", "D")
+    assert specialization(18, 8, 16, 128, SGLang("0.5.16")) == ("", "D", None, None)
+    assert specialization(18, 8, 16, 128, SGLang("0.5.22")) == ("D", "D", True, True)
+
+
+def test_gdc_early_is_a_variant_only_from_sglang_0_5_19():
+    assert specialization(100, 8, 16, 128, SGLang("0.5.18"))[2:] == (None, None)
+    assert specialization(100, 8, 16, 128, SGLang("0.5.19"))[2:] == (True, False)
 
 
 def test_specialization_follows_tritons_integer_rules():
     # M=1, topk=8: num_valid_tokens = 8 (not /16), EM = 8*16 = 128 (/16); GDC early both
-    assert specialization(1, 8, 16, 128) == ("D", "", True, True)
-    assert specialization(2, 8, 16, 128) == ("D", "D", True, True)
-    assert specialization(1, 1, 16, 128) == ("D", "1", True, True)
+    assert specialization(1, 8, 16, 128, NEW) == ("D", "", True, True)
+    assert specialization(2, 8, 16, 128, NEW) == ("D", "D", True, True)
+    assert specialization(1, 1, 16, 128, NEW) == ("D", "1", True, True)
     # 100 tokens: 800 rows for the down GEMM, past SGLang's GDC_EARLY cut (512)
-    assert specialization(100, 8, 16, 128)[2:] == (True, False)
+    assert specialization(100, 8, 16, 128, NEW)[2:] == (True, False)
 
 
-@pytest.mark.parametrize("pad_to_4", [False, True])
-def test_plan_covers_every_variant_a_batch_can_hit_once(pad_to_4):
+@pytest.mark.parametrize("version", ["0.5.16", "0.5.19", "0.5.23"])
+def test_plan_covers_every_variant_a_batch_can_hit_once(version):
+    sg = SGLang(version)
     configs = {1: _cfg(16, s=5), 64: _cfg(16, bn=128), 1024: _cfg(128, bn=256, w=8)}
-    items = plan(configs, topk=8, num_experts=128, max_tokens=2048, pad_to_4=pad_to_4)
+    items = plan(configs, topk=8, num_experts=128, max_tokens=2048, sglang=sg)
     assert [i.M for i in items[:3]] == [1, 64, 1024]  # the file's own batch sizes first
     sigs = [(tuple(sorted(i.config.items())), i.spec) for i in items]
     assert len(sigs) == len(set(sigs))
@@ -86,7 +95,7 @@ def test_plan_covers_every_variant_a_batch_can_hit_once(pad_to_4):
     for M in range(1, 2049):
         key = nearest_key(list(configs), M)
         cfg = configs[key]
-        spec = specialization(M, 8, cfg["BLOCK_SIZE_M"], 128, pad_to_4)
+        spec = specialization(M, 8, cfg["BLOCK_SIZE_M"], 128, sg)
         sig = (tuple(sorted(cfg.items())), spec)
         assert sig in sigs, M
     # and each planned M really uses the config the plan says
