@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sglkit.errors import ConfigError, SglkitError
-from sglkit.kernels.moe_kernel import max_padded_tokens
+from sglkit.kernels.moe_align import max_padded_tokens
 from sglkit.versions import SGLang
 
 KERNEL_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps",

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sglkit.kernels.moe_align import max_padded_tokens
 from sglkit.versions import SGLang
 
 try:  # the dims and the plan need no torch; everything that runs a kernel does
@@ -93,19 +94,6 @@ def dims_from(shape: Any, dtype: str | None = None, block_shape: Any = None) -> 
 
 
 # --------------------------------------------------------------------------- alignment
-
-
-def max_padded_tokens(numel: int, block_size: int, num_experts: int,
-                      pad_to_4: bool | None = None) -> int:  # fmt: skip
-    """Length of sorted_token_ids as SGLang's moe_align_block_size allocates it (the kernel's EM):
-    rounded up to 4 from SGLang 0.5.22 on (`pad_to_4`, default: the installed SGLang's way)."""
-    if numel < num_experts + 1:
-        n = numel * block_size
-    else:
-        n = numel + (num_experts + 1) * (block_size - 1)
-    if pad_to_4 is None:
-        pad_to_4 = SGLang.here().moe_align_pads_to_4()
-    return (n + 3) // 4 * 4 if pad_to_4 else n
 
 
 def align_block_size(

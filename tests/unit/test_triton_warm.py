@@ -9,7 +9,7 @@ import pytest
 from sglkit import versions
 from sglkit.cache.triton_warm import load_configs, nearest_key, plan, specialization
 from sglkit.errors import ConfigError
-from sglkit.kernels.moe_kernel import max_padded_tokens
+from sglkit.kernels.moe_align import max_padded_tokens
 from sglkit.versions import SGLang
 
 NEW = SGLang("0.5.23")
