@@ -228,6 +228,19 @@ def marker_matches(
     return marker, fingerprint.differences(stored, fp)
 
 
+# How the warm's server ran, recorded in the marker: a marker of another recipe (before CUDA graphs
+# were kept on, none) is warmed again, though its DeepGEMM kernels still serve (precompile_plan).
+WARM_RECIPE = "cuda-graphs-captured"
+
+
+def warm_differences(pl: Plan, fp: fingerprint.Fingerprint) -> tuple[dict | None, list[str]]:
+    """marker_matches, plus whether the marker's warm ran as this one does (WARM_RECIPE)."""
+    marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
+    if marker is not None and not diff and marker.get("recipe") != WARM_RECIPE:
+        diff = ["warmed by an older warm, without CUDA graphs (their Triton kernels are missing)"]
+    return marker, diff
+
+
 PRECOMPILE_CHOICES = ("auto", "on", "off")
 
 
@@ -256,7 +269,7 @@ def precompile_plan(spec: server_spec.ServerSpec, choice: str = "auto") -> tuple
 def describe(pl: Plan) -> dict[str, Any]:
     """What a warm would run and compare, without running it (--dry-run)."""
     fp = fingerprint.compute(pl.spec)
-    marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
+    marker, diff = warm_differences(pl, fp)
     return {
         "argv": pl.argv,
         "command": shlex.join(pl.argv),
@@ -294,7 +307,7 @@ def _warm_server(pl: Plan, *, force: bool, lock_timeout: float, grace: float,
                  rep: Reporter) -> Result:  # fmt: skip
     fp = fingerprint.compute(pl.spec)
     if not force:
-        marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
+        marker, diff = warm_differences(pl, fp)
         if marker is not None and not diff:
             rep.console.print(
                 f"already warm: {pl.folder} (warmed {marker.get('warmed_at', '?')}; "
@@ -307,7 +320,7 @@ def _warm_server(pl: Plan, *, force: bool, lock_timeout: float, grace: float,
     store.ensure_writable(pl.folder, f"cache.dirs.{KIND} (under cache.root)")
     with store.locked(pl.folder, wait=lock_timeout, what=f"cache.deepgemm {pl.profile.name}"):
         if not force:  # another warm may have finished while we waited for the lock
-            marker, diff = marker_matches(pl.folder, fp, pl.spec.node)
+            marker, diff = warm_differences(pl, fp)
             if marker is not None and not diff:
                 rep.console.print(f"already warm: {pl.folder} (warmed meanwhile)", markup=False)
                 return Result("already-warm", marker, rep.elapsed())
@@ -336,6 +349,7 @@ def _warm_server(pl: Plan, *, force: bool, lock_timeout: float, grace: float,
             rep.say(check["line"])
         marker = {
             "kind": KIND,
+            "recipe": WARM_RECIPE,
             "fingerprint": fp.to_json(),
             "profile": pl.profile.name,
             "profile_path": str(pl.profile.path),

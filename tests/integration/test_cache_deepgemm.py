@@ -354,3 +354,22 @@ def test_an_unknown_triton_choice_is_one_line_naming_the_flag(tmp_path, free_por
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: --triton: expected one of auto")
     assert not (tmp_path / "standin-record.json").exists()
+
+
+def test_a_marker_from_a_warm_without_cuda_graphs_is_warmed_again(tmp_path, free_port, wait_for):
+    """Markers written before the warm kept CUDA graphs on have no recipe: their DeepGEMM kernels
+    serve (server.up still skips the sweep), but the warm runs again for the Triton kernels."""
+    profile = write_profile(tmp_path, free_port())
+    rc, out, _ = warm(tmp_path, profile, "--triton", "off")
+    assert rc == 0, out
+    assert_group_gone(pgid_of(out), wait_for)
+    folder = tmp_path / "cache" / "deepgemm"
+    marker = store.read_marker(folder)
+    assert marker["recipe"] == "cuda-graphs-captured"
+    del marker["recipe"]
+    store.write_marker(folder, marker)
+    rc, out, _ = warm(tmp_path, profile, "--triton", "off")
+    assert rc == 0, out
+    assert "marker differs, warming again: warmed by an older warm, without CUDA graphs" in out
+    assert_group_gone(pgid_of(out), wait_for)
+    assert store.read_marker(folder)["recipe"] == "cuda-graphs-captured"
