@@ -60,15 +60,27 @@ def invoke(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, s
 
 def run_main(main: Callable[[], int]) -> int:
     """`main()` with SIGTERM taken as Ctrl-C, so that its `finally` blocks stop the servers it
-    started (a supervisor's `timeout` must not leave one running); 130 when interrupted."""
+    started (a supervisor's `timeout` must not leave one running): 130 when interrupted, 124
+    where a task ran past the script's --timeout, each with one line."""
     from sglkit.server.runner import sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
             return main()
     except KeyboardInterrupt:
-        print("interrupted: the servers this run started are stopped", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
+    except subprocess.TimeoutExpired as e:
+        task = " ".join(e.cmd[3:]) if isinstance(e.cmd, list) else str(e.cmd)
+        print(f"error: `invoke {task}` ran past --timeout ({e.timeout:g} s)", file=sys.stderr)
+        return 124
+
+
+def server_down(env: dict[str, str], profile: str) -> None:
+    """`server.down` of the profile's server; says so where it fails (the caller goes on)."""
+    rc, out, err = invoke(env, "server.down", "-p", profile, timeout=300)
+    if rc != 0:
+        print(f"server.down failed ({rc}): {(out + err).strip()[-1000:]}", file=sys.stderr)
 
 
 def server_status(env: dict[str, str], profile: str, who: str = "") -> dict:

@@ -40,7 +40,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import invoke, rotated, run_main, server_status, task_env  # noqa: E402
+from bench_common import invoke, rotated, run_main, server_down, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -69,7 +69,7 @@ def one_start(env, profile: str, precompile: str, timeout: float) -> dict[str, f
             raise SystemExit(f"server.status has no time to ready: {st}")
         ready, phases = float(st["ready_s"]), dict(st.get("start_phases") or [])
     finally:
-        invoke(env, "server.down", "-p", profile, timeout=300)
+        server_down(env, profile)
     return {"ready_s": ready, "first_token_s": first, "skipped_sweep": "precompile: off" in out,
             "phases": phases}  # fmt: skip
 

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import card, invoke, rotated, run_main, server_status, task_env  # noqa: E402
+from bench_common import card, invoke, rotated, run_main, server_down, server_status, task_env  # noqa: E402
 
 from sglkit.net import free_port  # noqa: E402
 
@@ -120,7 +120,7 @@ def one_way(way: str, a, work: Path, base: dict[str, str]) -> list[dict]:
             if checked is None:  # the MoE layer has run: its config line is in the log
                 checked = check_log(env, a.profile, way, pred)
     finally:
-        invoke(env, "server.down", "-p", a.profile, timeout=300)
+        server_down(env, a.profile)
     why = checked
     for r in rows:
         r["config"] = why
