@@ -129,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         merged: dict[str, list[dict]] = {}
         for f in a.merge:
-            for state, runs in json.loads(Path(f).read_text()).items():
+            try:
+                data = json.loads(Path(f).read_text())
+            except (OSError, ValueError) as e:
+                ap.error(f"--merge: {f}: {e}")
+            if not isinstance(data, dict) or set(data) - set(STATES):
+                ap.error(f"--merge: {f}: not a --json file of this benchmark")
+            for state, runs in data.items():
                 merged.setdefault(state, []).extend(runs)
         report(merged, [s for s in STATES if s in merged])
         print(f"\nrerun: python3 benchmarks/serve_start.py {shlex.join(argv or sys.argv[1:])}")

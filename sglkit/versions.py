@@ -4,7 +4,9 @@ Read without importing SGLang (which takes tens of seconds): the distribution's 
 rename is one row below, with the first version that has the new name; the kit emits the new
 name from that version on and the old one before it. Older names stay accepted by the newer
 SGLang as deprecated aliases, so a threshold that is later than the real change is safe; one
-that is earlier is not. Every threshold is a version whose source was read (docs/server.md).
+that is earlier is not. The kernel-call thresholds at the end are behaviour, not names: there
+only the exact version is right, and each was found by reading every wheel from 0.5.16 to
+0.5.23. Every threshold is a version whose source was read (docs/server.md).
 """
 
 from __future__ import annotations

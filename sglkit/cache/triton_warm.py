@@ -291,6 +291,15 @@ def _use_server_length(runner, item: Item, dims) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+def cache_folder(prof) -> tuple[Path, str]:
+    """(the Triton cache folder to warm, the setting that names it): $SGLKIT_TRITON_CACHE_DIR
+    where set (benchmarks/triton_warm.py uses fresh ones), else the profile's TRITON_CACHE_DIR."""
+    override = os.environ.get("SGLKIT_TRITON_CACHE_DIR")
+    if override:
+        return Path(override), "SGLKIT_TRITON_CACHE_DIR"
+    return Path(prof.environment()["TRITON_CACHE_DIR"]), "cache.root"
+
+
 def run(profile, config_file: str | None, max_tokens: int | None,
         json_out: str | None, device: str | None = None, quiet: bool = False,
         lock_timeout: float = 0.0, keys_only: bool = False) -> dict:  # fmt: skip
@@ -303,9 +312,7 @@ def run(profile, config_file: str | None, max_tokens: int | None,
     from sglkit.cache import store
 
     prof = profile if isinstance(profile, profiles.Profile) else profiles.load(profile)
-    override = os.environ.get("SGLKIT_TRITON_CACHE_DIR")
-    cache_dir = Path(override or prof.environment()["TRITON_CACHE_DIR"])
-    field = "SGLKIT_TRITON_CACHE_DIR" if override else "cache.root"
+    cache_dir, field = cache_folder(prof)
     os.environ["TRITON_CACHE_DIR"] = str(cache_dir)  # before triton is first imported below
     start = time.perf_counter()
     preflight()
@@ -339,11 +346,10 @@ def run(profile, config_file: str | None, max_tokens: int | None,
             "items": [asdict(t) for t in timings],
         }
         store.write_marker(cache_dir, {
-            "kind": "triton",
+            **warmed_for(prof, target, summary["config_sha256"], keys_only),
             "warmed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "profile_hash": prof.hash(),
-            **{k: summary[k] for k in ("config_file", "config_sha256", "file_name", "versions",
-                                      "dims", "max_tokens", "keys_only")},
+            "config_file": summary["config_file"],
+            "dims": summary["dims"],
             "variants": len(timings),
         })  # fmt: skip
     if json_out:
@@ -351,6 +357,14 @@ def run(profile, config_file: str | None, max_tokens: int | None,
 
         atomic_write_json(json_out, summary)
     return summary
+
+
+def warmed_for(prof, target: Target, config_sha256: str, keys_only: bool = False) -> dict:
+    """What a Triton folder's marker names: the folder is warm for a target where its marker
+    holds all of this (written by `run`, compared by `fold`)."""
+    return {"kind": "triton", "profile_hash": prof.hash(), "config_sha256": config_sha256,
+            "file_name": target.file_name, "max_tokens": target.max_tokens,
+            "keys_only": keys_only, "versions": _versions()}  # fmt: skip
 
 
 FOLD_CHOICES = ("auto", "on", "off")
@@ -385,18 +399,21 @@ def fold(prof, choice: str, say: Callable[[str], None], lock_timeout: float = 0.
     target, why = fold_target(prof, choice)
     if target is None:
         return f"triton: {why}"
-    cache_dir = Path(prof.environment()["TRITON_CACHE_DIR"])
+    cache_dir, _ = cache_folder(prof)
     marker = store.read_marker(cache_dir) or {}
     digest = hashlib.sha256(target.config_file.read_bytes()).hexdigest()
-    have = [marker.get(k) for k in ("kind", "config_sha256", "profile_hash", "max_tokens")]
-    if (
-        have == ["triton", digest, prof.hash(), target.max_tokens]
-        and not marker.get("keys_only")
-        and marker.get("versions") == _versions()
-    ):
+    if all(marker.get(k) == v for k, v in warmed_for(prof, target, digest).items()):
         return f"triton: already warm for {target.config_file.name} ({cache_dir})"
     say(f"triton: warming the fused-MoE kernels of {target.config_file}")
-    s = run(prof, None, None, None, lock_timeout=lock_timeout)
+    try:
+        s = run(prof, None, None, None, lock_timeout=lock_timeout)
+    except SglkitError:
+        raise
+    except Exception as e:  # torch, Triton or SGLang failing on this host: one line, not a trace
+        raise SglkitError(
+            f"--triton {choice}: warming the MoE kernels failed ({type(e).__name__}: {e}); "
+            "the DeepGEMM cache is warm; --triton off skips this step"
+        ) from None
     return (f"triton: {len(s['items'])} kernel variants in {cache_dir} "
             f"(first calls {s['total_first_call_s']:.1f} s)")  # fmt: skip
 

@@ -166,20 +166,31 @@ def find(profile: str | None) -> tuple[profiles.Profile, dict[str, Any] | None]:
     return p, st
 
 
+def _stranded(name: str) -> tuple[dict[str, Any] | None, list[int]]:
+    """The record find() kept because its main process is gone while part of its group is not,
+    and the pids of that part; (None, []) where there is none."""
+    st = state.read(name)
+    left = state.leftovers(st) if st else []
+    return (st, left) if left else (None, [])
+
+
 def require(profile: str | None) -> dict[str, Any]:
     p, st = find(profile)
     if st is None:
-        raise SglkitError(
-            f"no server of profile {p.name} is up (`invoke server.up --profile {p.path}`)",
-            exit_code=EXIT_DOWN,
-        )
+        _, left = _stranded(p.name)
+        if left:
+            hint = (f"its main process is gone, pids {left} of its group are not: "
+                    f"`invoke server.down --profile {p.path}` stops them")  # fmt: skip
+        else:
+            hint = f"`invoke server.up --profile {p.path}`"
+        raise SglkitError(f"no server of profile {p.name} is up ({hint})", exit_code=EXIT_DOWN)
     return st
 
 
 def down(profile: str | None, grace: float = 30.0) -> str:
     p, st = find(profile)
     if st is None:
-        return _stop_leftovers(p.name)
+        return _stop_leftovers(p.name, grace)
     t0 = time.monotonic()
     with signals_ignored():  # a supervisor's TERM to us must not leave the group half-stopped
         stop_pid(st["pid"], grace)
@@ -190,14 +201,13 @@ def down(profile: str | None, grace: float = 30.0) -> str:
     return f"server.down: stopped pid {st['pid']} in {time.monotonic() - t0:.1f} s"
 
 
-def _stop_leftovers(name: str) -> str:
+def _stop_leftovers(name: str, grace: float) -> str:
     """server.down where the main process is gone: stop what is left of its group, if anything."""
-    st = state.read(name)
-    left = state.leftovers(st) if st else []
-    if not left:
+    st, left = _stranded(name)
+    if st is None:
         return f"server.down: no server of profile {name} is up"
     with signals_ignored():
-        terminate_group(st["pid"], grace=5.0)
+        terminate_group(st["pid"], grace=grace)
     if survivors := group_members(st["pid"]):
         raise ServerError(f"server.down: processes of group {st['pid']} survived KILL: {survivors}")
     _forget(name, Path(st["run_dir"]) if st.get("run_dir") else None)
@@ -209,6 +219,9 @@ def status(profile: str | None) -> dict[str, Any]:
     """up or down; for up: health, model, uptime and server_info's main figures."""
     p, st = find(profile)
     if st is None:
+        _, left = _stranded(p.name)
+        if left:  # down, but part of its group holds on (server.down stops it)
+            return {"profile": p.name, "status": "down", "leftover_pids": left}
         return {"profile": p.name, "status": "down"}
     url = st["url"]
     out: dict[str, Any] = {"profile": p.name, "status": "up", "url": url, "pid": st["pid"],

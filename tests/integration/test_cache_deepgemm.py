@@ -7,6 +7,7 @@ process of the child's process group is left (by process group id).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -328,7 +329,9 @@ def test_the_triton_step_says_why_it_is_skipped_or_off(tmp_path, free_port, wait
     rc, out, _ = warm(tmp_path, profile)
     assert rc == 0, out
     assert_group_gone(pgid_of(out), wait_for)
-    assert "triton: skipped (cache.triton runs on a GPU host: torch does not import" in out, out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("triton: ")]
+    if importlib.util.find_spec("torch") is None:  # this CPU host: said why, in one line
+        assert line.startswith("triton: skipped (cache.triton runs on a GPU host: torch does not")
     assert store.read_marker(tmp_path / "cache" / "deepgemm") is not None
     rc, out, _ = warm(tmp_path, profile, "--triton", "off")
     assert rc == 0, out

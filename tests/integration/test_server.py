@@ -276,8 +276,11 @@ def test_a_server_whose_main_process_was_killed_is_stopped_by_down_not_forgotten
         line = one_error_line(err2)
         assert f"group {pgid}: pids [{helper}]" in line and "server.down" in line, line
 
-        rc, out, err, _ = inv(env, "server.status", "-p", str(prof))
-        assert rc == 3, out + err  # down: nothing answers
+        rc, out, err, _ = inv(env, "server.status", "-p", str(prof), "--json")
+        assert rc == 3, out + err  # down: nothing answers, but part of its group holds on
+        assert json.loads(out)["leftover_pids"] == [helper], out
+        rc, out, err, _ = inv(env, "server.flush-cache", "-p", str(prof))
+        assert rc == 3 and "server.down --profile" in one_error_line(err), out + err
 
         rc, out, err, _ = inv(env, "server.down", "-p", str(prof))
         assert rc == 0, out + err
@@ -301,11 +304,13 @@ def test_sigterm_to_server_down_mid_stop_still_stops_the_whole_group(
     assert rc == 0, out + err
     pgid = pgid_of(out)
     log = tmp_path / "state" / "servers" / "standin.log"
-    down = subprocess.Popen([*INVOKE, "server.down", "-p", str(prof), "--grace", "3"], cwd=REPO,
+    # a grace far past the wait below, so that the TERM lands while server.down waits it out
+    down = subprocess.Popen([*INVOKE, "server.down", "-p", str(prof), "--grace", "10"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         wait_for(lambda: "standin: SIGTERM ignored" in log.read_text(), timeout=SLOW,
                  what="server.down's SIGTERM reached the server")  # fmt: skip
+        assert down.poll() is None, "server.down ended before it was TERMed"
         down.send_signal(signal.SIGTERM)
         out, err = down.communicate(timeout=SLOW)
         assert down.returncode == 0, out + err
