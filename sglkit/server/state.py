@@ -59,6 +59,8 @@ def leftovers(state: dict[str, Any]) -> list[int]:
     pid, start = state.get("pid"), state.get("pid_start")
     if not isinstance(pid, int) or not isinstance(start, int) or mf.process_start(pid) is not None:
         return []
+    if state.get("pid_ns") not in (None, mf.pid_namespace()):  # its pids are not ours to read
+        return []
     return [m for m in group_members(pid) if (s := mf.process_start(m)) is not None and s >= start]
 
 
