@@ -154,32 +154,29 @@ def _forget(name: str, run_dir: Path | None) -> None:
         telemetry.leave(run_dir)
 
 
-def find(profile: str | None) -> tuple[profiles.Profile, dict[str, Any] | None]:
-    """The profile and its detached server's state, or None when none is up (a stale state is
-    removed; a stranded one is kept for server.down)."""
+Stray = tuple[dict[str, Any], list[int]]  # a stranded record and the pids left of its group
+
+
+def find(profile: str | None) -> tuple[profiles.Profile, dict[str, Any] | None, Stray | None]:
+    """The profile, its detached server's state (None when none is up), and, where none is up,
+    the stranded record kept for server.down (its main process gone while part of its group is
+    not) with those pids; a stale record is removed."""
     p = profiles.load(profile)
     st = state.read(p.name)
-    if st is not None and not state.alive(st):
-        if not state.leftovers(st):
-            state.remove(p.name)
-        st = None
-    return p, st
-
-
-def _stranded(name: str) -> tuple[dict[str, Any] | None, list[int]]:
-    """The record find() kept because its main process is gone while part of its group is not,
-    and the pids of that part; (None, []) where there is none."""
-    st = state.read(name)
-    left = state.leftovers(st) if st else []
-    return (st, left) if left else (None, [])
+    if st is None or state.alive(st):
+        return p, st, None
+    left = state.leftovers(st)
+    if not left:
+        state.remove(p.name)
+        return p, None, None
+    return p, None, (st, left)
 
 
 def require(profile: str | None) -> dict[str, Any]:
-    p, st = find(profile)
+    p, st, stray = find(profile)
     if st is None:
-        _, left = _stranded(p.name)
-        if left:
-            hint = (f"its main process is gone, pids {left} of its group are not: "
+        if stray:
+            hint = (f"its main process is gone, pids {stray[1]} of its group are not: "
                     f"`invoke server.down --profile {p.path}` stops them")  # fmt: skip
         else:
             hint = f"`invoke server.up --profile {p.path}`"
@@ -188,9 +185,11 @@ def require(profile: str | None) -> dict[str, Any]:
 
 
 def down(profile: str | None, grace: float = 30.0) -> str:
-    p, st = find(profile)
+    p, st, stray = find(profile)
+    if stray:
+        return _stop_leftovers(stray, grace)
     if st is None:
-        return _stop_leftovers(p.name, grace)
+        return f"server.down: no server of profile {p.name} is up"
     t0 = time.monotonic()
     with signals_ignored():  # a supervisor's TERM to us must not leave the group half-stopped
         stop_pid(st["pid"], grace)
@@ -201,27 +200,24 @@ def down(profile: str | None, grace: float = 30.0) -> str:
     return f"server.down: stopped pid {st['pid']} in {time.monotonic() - t0:.1f} s"
 
 
-def _stop_leftovers(name: str, grace: float) -> str:
-    """server.down where the main process is gone: stop what is left of its group, if anything."""
-    st, left = _stranded(name)
-    if st is None:
-        return f"server.down: no server of profile {name} is up"
+def _stop_leftovers(stray: Stray, grace: float) -> str:
+    """server.down where the main process is gone: stop what is left of its group."""
+    st, left = stray
     with signals_ignored():
         terminate_group(st["pid"], grace=grace)
     if survivors := group_members(st["pid"]):
         raise ServerError(f"server.down: processes of group {st['pid']} survived KILL: {survivors}")
-    _forget(name, Path(st["run_dir"]) if st.get("run_dir") else None)
+    _forget(st["profile"], Path(st["run_dir"]) if st.get("run_dir") else None)
     return (f"server.down: the main process (pid {st['pid']}) was gone; stopped the "
             f"{len(left)} process(es) left of its group: {left}")  # fmt: skip
 
 
 def status(profile: str | None) -> dict[str, Any]:
     """up or down; for up: health, model, uptime and server_info's main figures."""
-    p, st = find(profile)
+    p, st, stray = find(profile)
     if st is None:
-        _, left = _stranded(p.name)
-        if left:  # down, but part of its group holds on (server.down stops it)
-            return {"profile": p.name, "status": "down", "leftover_pids": left}
+        if stray:  # down, but part of its group holds on (server.down stops it)
+            return {"profile": p.name, "status": "down", "leftover_pids": stray[1]}
         return {"profile": p.name, "status": "down"}
     url = st["url"]
     out: dict[str, Any] = {"profile": p.name, "status": "up", "url": url, "pid": st["pid"],
