@@ -58,9 +58,30 @@ def invoke(env, *args, timeout=900, stdout_only=False):
     return r.returncode, out, time.monotonic() - t0
 
 
+def cache_files(root: Path, kind: str, kernel: str = "") -> int:
+    """Files in a cache root's folder of `kind` (deepgemm, triton), of `kernel` where named (a
+    Triton compile writes several files named after its kernel)."""
+    folder = root / kind
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.rglob("*") if p.is_file() and kernel in p.name)
+
+
 def deepgemm_files(env) -> int:
-    folder = Path(env["SGLKIT_CACHE_ROOT"]) / "deepgemm"
-    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    return cache_files(Path(env["SGLKIT_CACHE_ROOT"]), "deepgemm")
+
+
+PROMPT_LENGTHS = (1, 3, 17, 64, 129, 500, 1000, 2048, 3000, 4000)  # across the profile's context
+
+
+def send_prompts(url: str) -> None:
+    """One /generate of 4 tokens per length in PROMPT_LENGTHS; each must answer 200."""
+    for n in PROMPT_LENGTHS:
+        r = requests.post(f"{url}/generate", json={
+            "input_ids": [(7 * i + 11) % 32000 for i in range(n)],
+            "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+        }, timeout=600)  # fmt: skip
+        assert r.status_code == 200, (n, r.text[:300])
 
 
 def test_cache_deepgemm_cold_rerun_force(roots, free_port):
@@ -187,31 +208,17 @@ def test_warm_start_skips_the_sweep_and_compiles_nothing_at_request_time(roots, 
     assert "precompile: off: " in out, out[-2000:]
     ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
     url = f"http://127.0.0.1:{port}"
-    lengths = (1, 3, 17, 64, 129, 500, 1000, 2048, 3000, 4000)
     try:
-        for n in lengths:
-            r = requests.post(f"{url}/generate", json={
-                "input_ids": [(7 * i + 11) % 32000 for i in range(n)],
-                "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
-            }, timeout=600)  # fmt: skip
-            assert r.status_code == 200, (n, r.text[:300])
+        send_prompts(url)
     finally:
         rc, out, _ = invoke(env, "server.down", "-p", PROFILE)
     assert rc == 0, out[-2000:]
     after = deepgemm_files(env)
     assert after == before, f"{after - before} DeepGEMM cache files appeared at request time"
-    FIGURES["warm_start"] = {"ready_s": ready, "lengths": list(lengths), "files": before}
-    print(f"\nwarm start, sweep off: ready {ready:.1f} s; {len(lengths)} prompt lengths, "
+    FIGURES["warm_start"] = {"ready_s": ready, "lengths": list(PROMPT_LENGTHS), "files": before}
+    print(f"\nwarm start, sweep off: ready {ready:.1f} s; {len(PROMPT_LENGTHS)} prompt lengths, "
           f"cache files {before} -> {after}")  # fmt: skip
     _save_figures()
-
-
-def triton_files(root: Path, kernel: str = "") -> int:
-    """Files in the root's Triton cache (each compile writes several), of `kernel` where named."""
-    folder = root / "triton"
-    if not folder.is_dir():
-        return 0
-    return sum(1 for p in folder.rglob("*") if p.is_file() and kernel in p.name)
 
 
 def test_the_warm_leaves_the_start_and_requests_no_triton_kernel_to_compile(roots, free_port):
@@ -232,21 +239,18 @@ def test_the_warm_leaves_the_start_and_requests_no_triton_kernel_to_compile(root
     assert rc == 0, out[-3000:]
     fold = re.search(r"triton: (\d+) kernel variants|triton: skipped \((.*)\)", out)
     assert fold, out[-2000:]
-    warmed = triton_files(root)
+    warmed = cache_files(root, "triton")
     assert warmed > 0, "the warm compiled no Triton kernel"
     rc, out, _ = invoke(env, "server.up", "-p", PROFILE, "--detach", "--port", port)
     assert rc == 0, out[-4000:]
     ready = float(re.search(r"\(pid \d+, ([\d.]+) s to ready\)", out).group(1))
-    at_start, moe_at_start = triton_files(root), triton_files(root, "fused_moe_kernel")
+    at_start, moe_at_start = (
+        cache_files(root, "triton"),
+        cache_files(root, "triton", "fused_moe_kernel"),
+    )
     url = f"http://127.0.0.1:{port}"
-    lengths = (1, 3, 17, 64, 129, 500, 1000, 2048, 3000, 4000)
     try:
-        for n in lengths:
-            r = requests.post(f"{url}/generate", json={
-                "input_ids": [(5 * i + 3) % 32000 for i in range(n)],
-                "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
-            }, timeout=600)  # fmt: skip
-            assert r.status_code == 200, (n, r.text[:300])
+        send_prompts(url)
         rc, out, _ = invoke(env, "server.bench", "-p", PROFILE, "--requests", "32",
                             "--concurrency", "8", "--input-len", "256", "--output-len", "16",
                             "--json", stdout_only=True)  # fmt: skip
@@ -254,7 +258,7 @@ def test_the_warm_leaves_the_start_and_requests_no_triton_kernel_to_compile(root
     finally:
         rc, out, _ = invoke(env, "server.down", "-p", PROFILE)
     assert rc == 0, out[-2000:]
-    after, moe_after = triton_files(root), triton_files(root, "fused_moe_kernel")
+    after, moe_after = cache_files(root, "triton"), cache_files(root, "triton", "fused_moe_kernel")
     FIGURES["triton_warm"] = {"warm_s": round(warm_s, 1), "fold": fold.group(0), "ready_s": ready,
                               "files": [warmed, at_start, after],
                               "fused_moe_files": [moe_at_start, moe_after]}  # fmt: skip

@@ -464,11 +464,20 @@ def test_precompile_is_off_only_where_the_deepgemm_marker_matches(tmp_path, env,
     assert "SGLANG_JIT_DEEPGEMM_PRECOMPILE" not in seen
 
 
-def test_precompile_choice_is_checked_before_anything_starts(tmp_path, env, free_port):
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--precompile", "sometimes", "error: --precompile: expected one of auto, on, off"),
+        ("--moe-configs", "shipped", "error: --moe-configs: expected one of kit, sglang, none"),
+    ],
+)
+def test_an_unknown_choice_is_checked_before_anything_starts(
+    tmp_path, env, free_port, flag, value, error
+):
     rc, out, err, _ = inv(env, "server.up", "-p", str(write_profile(tmp_path, free_port())),
-                          "--precompile", "sometimes")  # fmt: skip
+                          flag, value)  # fmt: skip
     assert rc == 2, out + err
-    assert one_error_line(err).startswith("error: --precompile: expected one of auto, on, off")
+    assert one_error_line(err).startswith(error)
     assert "server pid" not in out
 
 
@@ -514,14 +523,6 @@ def test_moe_configs_choose_the_files_the_started_server_reads(tmp_path, env, fr
     # the kit's overlay, which another server of this cache root may be reading, is untouched
     assert json.loads((tmp_path / "cache" / "moe-configs" / "sources.json").read_text()) == kit
     assert up("--moe-configs", "kit") == kit
-
-
-def test_an_unknown_moe_configs_choice_starts_nothing(tmp_path, env, free_port):
-    rc, out, err, _ = inv(env, "server.up", "-p", str(write_profile(tmp_path, free_port())),
-                          "--moe-configs", "shipped")  # fmt: skip
-    assert rc == 2, out + err
-    assert one_error_line(err).startswith("error: --moe-configs: expected one of kit, sglang, none")
-    assert "server pid" not in out
 
 
 # ---- a server over several nodes: rank 0 serves, every node polls it, each marks its own ------
