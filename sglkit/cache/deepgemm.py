@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +211,9 @@ def swept_shapes(log_text: str) -> list[tuple[str, int, int, int]]:
 # ---- the run -------------------------------------------------------------------------------------
 @dataclass
 class Result:
-    status: str  # "already-warm" | "warmed": the DeepGEMM cache
+    status: str  # "already-warm" | "warmed": the DeepGEMM cache (the Triton step prints its line)
     marker: dict[str, Any]
     seconds: float
-    triton: str = ""  # what the Triton step did, in one line
 
 
 def marker_matches(
@@ -298,9 +297,8 @@ def warm(
     if pl.triton == "on":  # fail now rather than after the server's long warm
         triton_warm.fold_target(pl.profile, "on")
     result = _warm_server(pl, force=force, lock_timeout=lock_timeout, grace=grace, rep=rep)
-    line = triton_warm.fold(pl.profile, pl.triton, rep.say, lock_timeout)
-    rep.console.print(line, markup=False)
-    return replace(result, triton=line)
+    rep.console.print(triton_warm.fold(pl.profile, pl.triton, rep.say, lock_timeout), markup=False)
+    return result
 
 
 def _warm_server(pl: Plan, *, force: bool, lock_timeout: float, grace: float,
